@@ -1,0 +1,151 @@
+"""The two data paths behind one interface.
+
+`InMemoryBatches` slices batches from uint8 tensors held on the training device and
+normalises them there: no workers, no PIL, no per-sample collation. `LoaderBatches`
+wraps a DataLoader over any map-style Dataset. Both draw the epoch's order from the
+same seeded permutation, so for the same data they yield the same batches, and a
+mid-epoch resume only needs the epoch and the batch index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of one epoch: a pure function of (seed, epoch)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_samples, generator=generator)
+
+
+class Normalize:
+    """uint8 pixels -> float in [0, 1] -> (x - mean) / std, on whole batches on the device."""
+
+    def __init__(self, mean: Sequence[float] | None, std: Sequence[float] | None, device: torch.device) -> None:
+        self.mean = None if mean is None else torch.tensor(list(mean), dtype=torch.float32, device=device)
+        self.std = None if std is None else torch.tensor(list(std), dtype=torch.float32, device=device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        if self.mean is not None and self.std is not None:
+            shape = (-1,) + (1,) * (x.ndim - 2)  # broadcast over the channel dimension
+            x = (x - self.mean.view(shape)) / self.std.view(shape)
+        return x
+
+
+class InMemoryBatches:
+    """Batches sliced from tensors that already live on the training device."""
+
+    def __init__(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        normalize: Normalize,
+    ) -> None:
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.normalize = normalize
+        self.epoch, self.start_batch = 0, 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.targets)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = None
+        if self.shuffle:
+            order = epoch_permutation(self.num_samples, self.seed, self.epoch).to(self.targets.device)
+        for i in range(self.start_batch, len(self)):
+            rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            index = rows if order is None else order[rows]
+            yield self.normalize(self.inputs[index]), self.targets[index]
+
+
+class EpochSampler(Sampler[int]):
+    """Indices in the order `epoch_permutation` gives, starting at a given position."""
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int) -> None:
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = epoch_permutation(self.num_samples, self.seed, self.epoch)
+        else:
+            order = torch.arange(self.num_samples)
+        return iter(order[self.start :].tolist())
+
+
+class LoaderBatches:
+    """A DataLoader over any map-style dataset, moving each batch to the device."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        num_workers: int,
+        device: torch.device,
+        normalize: Normalize,
+    ) -> None:
+        self.sampler = EpochSampler(len(dataset), shuffle, seed)  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        self.device, self.normalize = device, normalize
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=num_workers > 0,
+        )
+        self.start_batch = 0
+
+    @property
+    def num_samples(self) -> int:
+        return self.sampler.num_samples
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
+        self.start_batch = start_batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, targets in self.loader:
+            inputs = inputs.to(self.device, non_blocking=True)
+            yield self.normalize(inputs), targets.to(self.device, non_blocking=True)
+
+
+class TransformedSubset(Dataset):
+    """`dataset[indices[i]]` with `transform` applied to the input."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int] | None, transform: Any) -> None:
+        self.dataset, self.indices, self.transform = dataset, indices, transform
+
+    def __len__(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, Any]:
+        x, y = self.dataset[self.indices[i] if self.indices is not None else i]
+        return self.transform(x), y

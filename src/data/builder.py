@@ -1,0 +1,154 @@
+"""Build the train/val/test batches a run iterates over, from the `data` config.
+
+The dataset class named by `data.dataset._target_` is called with `train=True` for the
+training set (the validation split is carved out of it with `data.split_seed`) and
+`train=False` for the test set, the convention of torchvision's datasets. Datasets that
+expose uint8 `data` and `targets` (MNIST, FashionMNIST, CIFAR-10, synthetic) can take
+the in-memory path; any other map-style dataset goes through a DataLoader.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from src.data.batches import InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
+from src.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+Batches = Union[InMemoryBatches, LoaderBatches]
+
+# Above this size, `in_memory: auto` leaves a dataset to the DataLoader path.
+IN_MEMORY_AUTO_LIMIT_BYTES = 4 * 2**30
+
+
+@dataclass
+class DataSplits:
+    train: Batches | None
+    val: Batches | None
+    test: Batches | None
+    in_memory: bool
+
+
+def build_data(cfg: DictConfig, device: torch.device, seed: int, splits: tuple[str, ...] = ("train", "val", "test")) -> DataSplits:
+    """Batches for the requested splits; `seed` orders the training batches of each epoch."""
+    train_set = load_dataset(cfg, train=True) if {"train", "val"} & set(splits) else None
+    test_set = load_dataset(cfg, train=False) if "test" in splits else None
+    in_memory = _use_in_memory(cfg, [d for d in (train_set, test_set) if d is not None])
+    normalize = Normalize(cfg.mean, cfg.std, device)
+
+    def batches(dataset: Dataset, indices: torch.Tensor | None, shuffle: bool) -> Batches:
+        batch_size = cfg.batch_size if shuffle else cfg.eval_batch_size
+        if in_memory:
+            inputs, targets = _as_tensors(dataset)
+            if indices is not None:
+                inputs, targets = inputs[indices], targets[indices]
+            return InMemoryBatches(inputs.to(device), targets.to(device), batch_size, shuffle, seed, normalize)
+        subset = TransformedSubset(dataset, None if indices is None else indices.tolist(), to_image_tensor)
+        return LoaderBatches(subset, batch_size, shuffle, seed, cfg.num_workers, device, normalize)
+
+    train = val = test = None
+    if train_set is not None:
+        train_idx, val_idx = split_indices(len(train_set), cfg.val_split, cfg.split_seed)
+        if "train" in splits:
+            train = batches(train_set, train_idx, shuffle=True)
+        if "val" in splits and len(val_idx) > 0:
+            val = batches(train_set, val_idx, shuffle=False)
+    if test_set is not None:
+        test = batches(test_set, None, shuffle=False)
+    return DataSplits(train=train, val=val, test=test, in_memory=in_memory)
+
+
+def split_indices(num_samples: int, val_split: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, val indices): a seeded random `val_split` fraction goes to val."""
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(split_seed))
+    num_val = int(round(num_samples * val_split))
+    return order[num_val:], order[:num_val]
+
+
+def to_image_tensor(sample: Any) -> torch.Tensor:
+    """PIL image, HWC array or tensor -> CHW tensor, keeping uint8 (normalised per batch)."""
+    return TF.to_image(sample).as_subclass(torch.Tensor)
+
+
+def load_dataset(cfg: DictConfig, train: bool) -> Dataset:
+    """Instantiate `data.dataset` for one split; a missing or undownloadable dataset is a UserError."""
+    try:
+        return instantiate(cfg.dataset, train=train)
+    except Exception as err:
+        cause = err.__cause__ or err
+        if not isinstance(cause, (RuntimeError, OSError)):
+            raise
+        raise UserError(_missing_dataset_message(cfg, cause)) from None
+
+
+def _missing_dataset_message(cfg: DictConfig, cause: BaseException) -> str:
+    target = cfg.dataset._target_
+    root = Path(str(cfg.dataset.get("root", cfg.get("root", "."))))
+    reason = " ".join(str(cause).split())
+    where = f"under {root}"
+    try:
+        cls = get_class(target)
+    except Exception:
+        cls = None
+    resources = getattr(cls, "resources", None)
+    if resources:  # the MNIST family: raw IDX files in <root>/<ClassName>/raw/
+        names = ", ".join(Path(url).name for url, _ in resources)
+        where = f"in {root / cls.__name__ / 'raw'}/ (the files {names}, gzipped or not)"
+    elif getattr(cls, "base_folder", None):  # CIFAR: the extracted python batches
+        where = f"in {root / cls.base_folder}/ (or its archive {getattr(cls, 'filename', '')} in {root}/)"
+    download = cfg.dataset.get("download", False)
+    hint = "It could not be downloaded (no network?)" if download else "Downloading is off (data.dataset.download=false)"
+    return (
+        f"Could not load the {cfg.name} dataset ({target}) from data.root={str(root)!r}: {reason}. "
+        f"{hint}. Put the dataset files {where}, or point data.root at the folder "
+        f"that holds them, e.g. `python train.py data={cfg.name} data.root=/path/to/datasets`."
+    )
+
+
+def _as_tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset's uint8 `data` as (N, C, H, W) and its `targets` as int64."""
+    data = torch.as_tensor(np.asarray(dataset.data)) if not torch.is_tensor(dataset.data) else dataset.data
+    if data.ndim == 3:  # (N, H, W): one channel
+        data = data.unsqueeze(1)
+    else:  # (N, H, W, C) like torchvision's CIFAR arrays
+        data = data.permute(0, 3, 1, 2)
+    return data.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
+
+
+def _can_hold_in_memory(dataset: Any) -> bool:
+    data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
+    return (
+        data is not None
+        and targets is not None
+        and getattr(data, "dtype", None) in (torch.uint8, np.uint8)
+        and getattr(data, "ndim", 0) in (3, 4)
+        and len(data) == len(targets)
+    )
+
+
+def _use_in_memory(cfg: DictConfig, datasets: list[Any]) -> bool:
+    setting = cfg.in_memory
+    capable = all(_can_hold_in_memory(d) for d in datasets)
+    if setting is False:
+        return False
+    if setting is True:
+        if not capable:
+            raise UserError(
+                f"data.in_memory=true needs a dataset that exposes uint8 `data` (N, H, W[, C]) and `targets` "
+                f"(like torchvision's MNIST, FashionMNIST, CIFAR10 or the synthetic data); "
+                f"{cfg.dataset._target_} does not. Use data.in_memory=auto or false."
+            )
+        return True
+    size = sum(np.asarray(d.data).nbytes if not torch.is_tensor(d.data) else d.data.nbytes for d in datasets) if capable else 0
+    return capable and size <= IN_MEMORY_AUTO_LIMIT_BYTES

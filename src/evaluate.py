@@ -1,0 +1,122 @@
+"""Evaluate a checkpoint on the test split (or val, or another compatible dataset).
+
+The model is rebuilt from the config stored inside the checkpoint, so no model flags
+are needed. Results are printed, written as JSON next to the checkpoint, and logged
+to TensorBoard in the evaluation's own run folder (with a confusion-matrix image).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+from torch.utils.tensorboard import SummaryWriter
+
+from src.data.builder import build_data
+from src.train import build
+from src.trainer.checkpoint import load_checkpoint, load_model_state
+from src.trainer.tensorboard import confusion_image
+from src.trainer.trainer import evaluate, use_channels_last
+from src.utils.config import validate_data_config
+from src.utils.console import close_logging, setup_logging, show
+from src.utils.device import resolve_device
+from src.utils.errors import UserError
+from src.utils.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate `cfg.checkpoint` on `cfg.split`; returns the JSON record it writes."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    setup_logging(run_dir / "test.log")
+    try:
+        return _evaluate(cfg, run_dir)
+    finally:
+        close_logging()
+
+
+def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    path = Path(cfg.checkpoint)
+    state = load_checkpoint(path)
+    trained = OmegaConf.create(state["config"])
+    data_cfg = _data_config(cfg, trained)
+
+    device = resolve_device(cfg.device)
+    data = build_data(data_cfg, device, seed=trained.seed, splits=(cfg.split,))
+    batches = data.test if cfg.split == "test" else data.val
+    if batches is None:
+        raise UserError(f"split=val but the data config has no validation set (data.val_split={data_cfg.val_split}); use split=test.")
+    model = build("model", trained.model).to(device)
+    load_model_state(model, state["model"], path)
+    loss_fn = instantiate(trained.loss)
+
+    num_classes = data_cfg.num_classes
+    channels_last = use_channels_last(model, trained.trainer.get("channels_last", False))
+    metrics = evaluate(model, loss_fn, batches, num_classes, device, confusion=True, channels_last=channels_last)
+    values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
+    matrix = metrics.confusion_matrix()
+
+    record = {
+        "checkpoint": str(path),
+        "epoch": state["epoch"],
+        "data": data_cfg.name,
+        "split": cfg.split,
+        "samples": batches.num_samples,
+        "metrics": values,
+        "confusion_matrix": matrix,
+    }
+    suffix = cfg.split if data_cfg.name == trained.data.name else f"{data_cfg.name}-{cfg.split}"
+    json_path = path.with_name(f"{path.stem}.{suffix}.json")
+    atomic_write_json(json_path, record)
+    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, state["epoch"])
+        writer.add_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
+
+    _print_results(values, matrix, data_cfg.name, cfg.split)
+    log.info(f"Results written to {json_path}")
+    log.info(f"TensorBoard (confusion matrix image): tensorboard --logdir {run_dir}")
+    return record
+
+
+def _data_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
+    """The stored data config, or the one given as `data=...`; `data_root` overrides its root."""
+    given = cfg.get("data") is not None
+    data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data if given else trained.data, resolve=True))
+    if cfg.data_root is not None:
+        data_cfg.root = cfg.data_root
+        if "root" in data_cfg.get("dataset", {}):
+            data_cfg.dataset.root = cfg.data_root
+    validate_data_config(OmegaConf.create({"data": data_cfg}))
+    ours, theirs = OmegaConf.to_container(data_cfg), OmegaConf.to_container(trained.data)
+    for key in ("input_shape", "num_classes"):
+        if ours[key] != theirs[key]:  # type: ignore[index]
+            raise UserError(
+                f"data={data_cfg.name} does not fit this checkpoint: its data.{key} is {ours[key]}, "  # type: ignore[index]
+                f"but the model was trained on {trained.data.name} with data.{key}={theirs[key]}. "  # type: ignore[index]
+                f"Evaluate on a dataset with the same input shape and number of classes."
+            )
+    return data_cfg
+
+
+def _print_results(values: dict[str, float], matrix: list[list[int]], data_name: str, split: str) -> None:
+    table = Table(title=f"{data_name} {split}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in values.items():
+        table.add_row(name, f"{value:.4f}")
+    show(table)
+
+    confusion = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    for j in range(len(matrix)):
+        confusion.add_column(str(j), justify="right")
+    for i, row in enumerate(matrix):
+        confusion.add_row(str(i), *(f"[bold]{c}[/bold]" if i == j else str(c) for j, c in enumerate(row)))
+    show(confusion)

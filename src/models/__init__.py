@@ -1,0 +1,1 @@
+"""nn.Modules only: no training logic lives here."""

@@ -1,0 +1,156 @@
+"""One training run: from a composed, validated config to the monitored metric.
+
+Reads top to bottom like a hand-written script: build the data, model, loss,
+optimizer and scheduler from their configs, fit, test the best checkpoint, report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from src.data.builder import build_data
+from src.trainer.checkpoint import load_checkpoint, load_model_state
+from src.trainer.tensorboard import log_hparams
+from src.trainer.trainer import Trainer, evaluate
+from src.utils.config import config_tree, flatten
+from src.utils.console import close_logging, setup_logging, show
+from src.utils.device import resolve_device
+from src.utils.errors import UserError
+from src.utils.io import atomic_write_json
+from src.utils.seed import seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> float:
+    """Train, validate and test one run; returns the best value of `trainer.monitor`."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    setup_logging(run_dir / "train.log")
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        close_logging()
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> float:
+    show(config_tree(cfg))
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    data = build_data(cfg.data, device, seed=cfg.seed)
+    model = build("model", cfg.model).to(device)
+    loss_fn = build("loss", cfg.loss)
+    optimizer = build("optimizer", cfg.optimizer, model.parameters())
+    scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
+    num_params = sum(p.numel() for p in model.parameters())
+    log.info(
+        f"{type(model).__name__} with {num_params:,} parameters on {device}; "
+        f"{data.train.num_samples} training, {data.val.num_samples if data.val else 0} validation samples "
+        f"({'in-memory' if data.in_memory else 'DataLoader'} data path)"
+    )
+
+    trainer = Trainer(
+        model=model,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        data=data,
+        cfg=cfg.trainer,
+        num_classes=cfg.data.num_classes,
+        device=device,
+        run_dir=run_dir,
+        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+    )
+    try:
+        trainer.fit()
+        best_path = trainer.checkpoint_dir / "best.pt"
+        load_model_state(model, load_checkpoint(best_path)["model"], best_path)
+        test = evaluate(
+            model, loss_fn, data.test, cfg.data.num_classes, device, channels_last=trainer.channels_last
+        ).compute()
+        test = {f"test/{k}": v for k, v in test.items()}
+        for tag, value in test.items():
+            trainer.writer.add_scalar(tag, value, trainer.epoch)
+        results = _results(trainer, test, run_dir)
+        atomic_write_json(run_dir / "metrics.json", results)
+        hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
+        summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
+        summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})
+        log_hparams(trainer.writer, hparams, summary)
+    finally:
+        trainer.close()
+    _print_summary(trainer, test, run_dir)
+    return float(trainer.best_metric)
+
+
+def build(group: str, node: DictConfig, *call_args: Any) -> Any:
+    """`instantiate(node)`, called with `call_args` for `_partial_` configs; failures
+    become a UserError naming the config group."""
+    try:
+        obj = instantiate(node)
+        return obj(*call_args) if call_args else obj
+    except Exception as err:
+        cause = err.__cause__ or err
+        reason = " ".join(str(cause).split())
+        raise UserError(
+            f"Could not build the {group} from its config (_target_={node.get('_target_')}): "
+            f"{type(cause).__name__}: {reason}. Check the {group}.* values "
+            f"(set HYDRA_FULL_ERROR=1 to see the traceback)."
+        ) from err
+
+
+def _results(trainer: Trainer, test: dict[str, float], run_dir: Path) -> dict[str, Any]:
+    best = next(r for r in trainer.history if r["epoch"] == trainer.best_epoch)
+    return {
+        "monitor": trainer.monitor,
+        "mode": trainer.mode,
+        "best_metric": trainer.best_metric,
+        "best_epoch": trainer.best_epoch,
+        "epochs_run": trainer.epoch,
+        "stopped_early": trainer.stopped_early,
+        "best": best,
+        "final": trainer.history[-1],
+        "test": test,
+        "history": trainer.history,
+        "run_dir": str(run_dir),
+        "best_checkpoint": str(trainer.checkpoint_dir / "best.pt"),
+    }
+
+
+def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> None:
+    names = [k.removeprefix("train/") for k in trainer.history[-1] if k.startswith("train/")]
+    epochs = Table(title="Epochs", title_justify="left")
+    columns = [k for k in trainer.history[-1] if "/" in k]
+    for column in ["epoch", *columns, "lr", "time"]:
+        epochs.add_column(column, justify="right")
+    for record in trainer.history:
+        mark = " *" if record["epoch"] == trainer.best_epoch else ""
+        epochs.add_row(
+            f"{record['epoch']}{mark}",
+            *(f"{record[c]:.4f}" for c in columns),
+            f"{record['lr']:.2e}",
+            f"{record['seconds']:.1f}s",
+        )
+    show(epochs)
+
+    final, best = trainer.history[-1], next(r for r in trainer.history if r["epoch"] == trainer.best_epoch)
+    results = Table(title="Results", title_justify="left")
+    results.add_column("metric")
+    results.add_column(f"train (epoch {final['epoch']})", justify="right")
+    results.add_column(f"val (best, epoch {trainer.best_epoch})", justify="right")
+    results.add_column("test (best.pt)", justify="right")
+    for name in names:
+        cells = [final.get(f"train/{name}"), best.get(f"val/{name}"), test.get(f"test/{name}")]
+        results.add_row(name, *("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}" for v in cells))
+    show(results)
+    log.info(f"Run folder: {run_dir}")
+    log.info(f"Best checkpoint: {trainer.checkpoint_dir / 'best.pt'} ({trainer.monitor} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})")
+    log.info(f"TensorBoard: tensorboard --logdir {run_dir.parent.parent}")

@@ -1,0 +1,23 @@
+"""Regression losses that also accept class indices (one-hot encoded against the output)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _match_targets(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if not targets.is_floating_point() and outputs.ndim == 2 and targets.ndim == 1:
+        return F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+    return targets.to(outputs.dtype)
+
+
+class MSELoss(nn.MSELoss):
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(outputs, _match_targets(outputs, targets))
+
+
+class L1Loss(nn.L1Loss):
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(outputs, _match_targets(outputs, targets))

@@ -1,0 +1,46 @@
+"""Epoch metrics summed on the device and read back once, so the loop never syncs per step."""
+
+from __future__ import annotations
+
+import torch
+
+from src.utils.config import classification_metric_names
+
+
+class ClassificationMetrics:
+    """Mean loss, accuracy, top-5 accuracy (when there are more than 5 classes) and,
+    on request, the confusion matrix (rows: true class, columns: predicted class)."""
+
+    def __init__(self, num_classes: int, device: torch.device, confusion: bool = False) -> None:
+        self.num_classes = num_classes
+        self.count = 0
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.correct_top5 = torch.zeros((), dtype=torch.int64, device=device) if num_classes > 5 else None
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device) if confusion else None
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add one batch: `loss` is the batch mean, as the loss module returns it."""
+        n = targets.shape[0]
+        self.count += n
+        self.loss_sum += loss.detach().float() * n
+        predicted = outputs.argmax(dim=1)
+        self.correct += (predicted == targets).sum()
+        if self.correct_top5 is not None:
+            top5 = outputs.topk(5, dim=1).indices
+            self.correct_top5 += (top5 == targets.unsqueeze(1)).any(dim=1).sum()
+        if self.confusion is not None:
+            self.confusion += torch.bincount(targets * self.num_classes + predicted, minlength=self.num_classes**2)
+
+    def compute(self) -> dict[str, float]:
+        """The epoch's metrics as floats: one device-to-host transfer."""
+        sums = [self.loss_sum, self.correct.float()]
+        if self.correct_top5 is not None:
+            sums.append(self.correct_top5.float())
+        values = torch.stack(sums).tolist()
+        count = max(self.count, 1)
+        return dict(zip(classification_metric_names(self.num_classes), [v / count for v in values]))
+
+    def confusion_matrix(self) -> list[list[int]]:
+        assert self.confusion is not None, "created with confusion=False"
+        return self.confusion.view(self.num_classes, self.num_classes).tolist()

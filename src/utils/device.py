@@ -1,0 +1,32 @@
+"""Choosing the training device from `trainer.device`."""
+
+from __future__ import annotations
+
+import torch
+
+from src.utils.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks cuda > mps > cpu; an explicit device must exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"trainer.device={name!r} is not a device name: use auto, cpu, cuda, cuda:N or mps."
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={name!r} but CUDA is not available here: use trainer.device=auto or cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(
+            f"trainer.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"trainer.device={name!r} but MPS is not available here: use trainer.device=auto or cpu.")
+    return device

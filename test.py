@@ -1,0 +1,24 @@
+"""Evaluate a checkpoint: `python test.py checkpoint=saved/runs/<run>/<time>/checkpoints/best.pt`."""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from src.utils.config import validate_test_config
+from src.utils.errors import exit_on_user_error
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="test")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error(Path(HydraConfig.get().runtime.output_dir)):
+        validate_test_config(cfg)
+        # Imported only now: `--help` and config errors never pay for importing torch.
+        from src.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(cfg)
+
+
+if __name__ == "__main__":
+    main()
