@@ -108,8 +108,11 @@ class LoaderBatches:
         normalize: Normalize,
     ) -> None:
         self.sampler = EpochSampler(len(dataset), shuffle, seed)  # type: ignore[arg-type]
-        self.batch_size = batch_size
+        self.batch_size, self.seed = batch_size, seed
         self.device, self.normalize = device, normalize
+        # Its own generator: starting an iterator draws the workers' base seed from it,
+        # which would otherwise consume the global RNG (and change dropout, say).
+        self.generator = torch.Generator()
         self.loader = DataLoader(
             dataset,
             batch_size=batch_size,
@@ -117,6 +120,7 @@ class LoaderBatches:
             num_workers=num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=num_workers > 0,
+            generator=self.generator,
         )
         self.start_batch = 0
 
@@ -130,6 +134,7 @@ class LoaderBatches:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
         self.start_batch = start_batch
+        self.generator.manual_seed(self.seed * 100_003 + epoch)  # worker seeds follow (seed, epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for inputs, targets in self.loader:

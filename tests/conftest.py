@@ -1,0 +1,66 @@
+"""Shared helpers: run the real CLI in a subprocess, and write tiny datasets to tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small and fast everywhere: CPU, no progress bar, a few epochs.
+FAST = ["trainer.device=cpu", "trainer.progress=none"]
+
+
+def run_cli(script: str, *overrides: str, cwd: Path, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python <script> <overrides>` from `cwd` (so saved/ lands there)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *overrides],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dirs(cwd: Path) -> list[Path]:
+    """Every run folder (the one holding .hydra/) under cwd/saved/runs."""
+    return sorted(p.parent for p in (cwd / "saved" / "runs").glob("*/*/.hydra"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an IDX file the way MNIST's originals are laid out (uint8 data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    magic = {3: 0x00000803, 1: 0x00000801}[array.ndim]
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def make_mnist_like(root: Path, folder: str = "FashionMNIST", train: int = 600, test: int = 200, seed: int = 0) -> Path:
+    """Tiny 28x28 IDX files in `<root>/<folder>/raw/`, exactly where torchvision looks.
+
+    Class k is a bright 8x8 square at one of ten positions plus noise: easy to learn.
+    """
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    for prefix, count in (("train", train), ("t10k", test)):
+        labels = rng.integers(0, 10, count)
+        images = rng.integers(0, 60, (count, 28, 28))
+        for i, label in enumerate(labels):
+            row, col = divmod(int(label), 5)
+            images[i, 4 + row * 12 : 12 + row * 12, 1 + col * 5 : 9 + col * 5] += 180
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", np.clip(images, 0, 255))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mnist_like(tmp_path_factory.mktemp("datasets"))
