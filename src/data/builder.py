@@ -19,7 +19,6 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
 from src.data.batches import InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
 from src.utils.errors import UserError
@@ -78,7 +77,11 @@ def split_indices(num_samples: int, val_split: float, split_seed: int) -> tuple[
 
 def to_image_tensor(sample: Any) -> torch.Tensor:
     """PIL image, HWC array or tensor -> CHW tensor, keeping uint8 (normalised per batch)."""
-    return TF.to_image(sample).as_subclass(torch.Tensor)
+    # Imported here: torchvision costs ~2 s to import, and runs on synthetic or custom
+    # in-memory data never need it.
+    from torchvision.transforms.v2.functional import to_image
+
+    return to_image(sample).as_subclass(torch.Tensor)
 
 
 def load_dataset(cfg: DictConfig, train: bool) -> Dataset:
