@@ -6,8 +6,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from src.utils.config import validate_test_config
+from src.utils.config import register_resolvers, validate_test_config
 from src.utils.errors import exit_on_user_error
+
+
+register_resolvers()  # configs/hydra/default.yaml uses them
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="test")

@@ -21,12 +21,13 @@ from src.data.builder import build_data
 from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.tensorboard import log_hparams
 from src.trainer.trainer import Trainer, evaluate
-from src.utils.config import config_tree, flatten
+from src.trainer.resume import changed_optimizer_values, resumed_config
+from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import close_logging, setup_logging, show
 from src.utils.device import resolve_device
 from src.utils.errors import UserError
 from src.utils.io import atomic_write_json
-from src.utils.seed import seed_everything
+from src.utils.seed import seed_everything, set_deterministic
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,17 @@ def train(cfg: DictConfig) -> float:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> float:
+    state = None
+    if cfg.resume:
+        state = load_checkpoint(cfg.resume)
+        hydra = HydraConfig.get()
+        cfg = resumed_config(cfg, state, list(hydra.overrides.task), set(hydra.runtime.choices))
+        validate_train_config(cfg)
+        within = f", batch {state['batch_in_epoch']} of epoch {state['epoch'] + 1}" if state["batch_in_epoch"] else ""
+        log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
     show(config_tree(cfg))
     seed_everything(cfg.seed)
+    set_deterministic(cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
     data = build_data(cfg.data, device, seed=cfg.seed)
     model = build("model", cfg.model).to(device)
@@ -68,8 +78,17 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         device=device,
         run_dir=run_dir,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        choices=_group_choices(state),
     )
     try:
+        if state is not None:
+            trainer.load_state_dict(state, Path(cfg.resume))
+            for key, value in changed_optimizer_values(state["config"], cfg).items():
+                log.info(f"Resumed optimizer: {key} set to {value} for every parameter group")
+                for group in optimizer.param_groups:
+                    group[key] = value
+                    if key == "lr" and "initial_lr" in group:  # what schedulers scale from
+                        group["initial_lr"] = value
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
@@ -78,17 +97,25 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         ).compute()
         test = {f"test/{k}": v for k, v in test.items()}
         for tag, value in test.items():
-            trainer.writer.add_scalar(tag, value, trainer.epoch)
+            trainer.writer.add_scalar(tag, value, trainer.step)
         results = _results(trainer, test, run_dir)
         atomic_write_json(run_dir / "metrics.json", results)
         hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
         summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
         summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})
-        log_hparams(trainer.writer, hparams, summary)
+        log_hparams(trainer.writer, hparams, summary, trainer.step)
     finally:
         trainer.close()
     _print_summary(trainer, test, run_dir)
     return float(trainer.best_metric)
+
+
+def _group_choices(state: dict[str, Any] | None) -> dict[str, str]:
+    """Which option of each config group this run uses (a resumed run keeps its own)."""
+    if state is not None:
+        return dict(state.get("choices", {}))
+    choices = HydraConfig.get().runtime.choices
+    return {group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")}
 
 
 def build(group: str, node: DictConfig, *call_args: Any) -> Any:

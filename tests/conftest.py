@@ -16,9 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["trainer.device=cpu", "trainer.progress=none"]
 
 
+def cli_env(extra: dict | None = None) -> dict:
+    # One thread per run: the models are tiny, and pytest-xdist already runs one
+    # process per core (more threads would only spin against each other).
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(extra or {})}
+
+
 def run_cli(script: str, *overrides: str, cwd: Path, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python <script> <overrides>` from `cwd` (so saved/ lands there)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = cli_env(env)
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(
         [sys.executable, str(REPO / script), *overrides],
@@ -64,3 +70,25 @@ def make_mnist_like(root: Path, folder: str = "FashionMNIST", train: int = 600, 
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_mnist_like(tmp_path_factory.mktemp("datasets"))
+
+
+def start_cli(script: str, *overrides: str, cwd: Path) -> subprocess.Popen:
+    """Start the CLI in the background, stdout as a line-by-line text pipe."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / script), *overrides],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_line(process: subprocess.Popen, marker: str) -> str:
+    """Read the process's stdout until a line containing `marker`; returns what was read."""
+    seen = []
+    for line in process.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if marker in line:
+            return "".join(seen)
+    raise AssertionError(f"{marker!r} never appeared; output:\n{''.join(seen)}\n{process.stderr.read()}")  # type: ignore[union-attr]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import FAST, run_cli, run_dirs
+from src.models.mlp import MLP
+from src.trainer.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from src.utils.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -48,12 +49,13 @@ def test_value_rejected_by_the_component_names_the_group(tmp_path: Path) -> None
     assert run_dirs(tmp_path) == []
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("trained")
-    result = run_cli("train.py", "data=synthetic", *FAST, "trainer.epochs=1", cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return run_dirs(cwd)[0] / "checkpoints" / "best.pt"
+def good_checkpoint(tmp: Path) -> Path:
+    """A small checkpoint in this framework's format, written the way the trainer does."""
+    model = MLP(input_shape=[1, 4, 4], num_classes=3, hidden_sizes=[8])
+    state = {"format_version": 1, "model": model.state_dict(), "config": "model: {}", "epoch": 1, "step": 5}
+    path = tmp / "good.pt"
+    save_checkpoint(state, path)
+    return path
 
 
 class Payload:
@@ -66,12 +68,13 @@ class Payload:
         return (Path.touch, (Path(self.target),))
 
 
-def bad_checkpoints(trained: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
-    good = torch.load(trained, weights_only=True)
+def bad_checkpoints(tmp: Path) -> dict[str, tuple[Path, str]]:
+    good_path = good_checkpoint(tmp)
+    good = torch.load(good_path, weights_only=True)
     files = {}
 
     truncated = tmp / "truncated.pt"
-    truncated.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
+    truncated.write_bytes(good_path.read_bytes()[: good_path.stat().st_size // 2])
     files["truncated"] = (truncated, "not a readable checkpoint")
 
     text = tmp / "notes.pt"
@@ -86,26 +89,38 @@ def bad_checkpoints(trained: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     torch.save({**good, "format_version": 99}, newer)
     files["newer format"] = (newer, "format_version=99")
 
-    mismatch = tmp / "mismatch.pt"
-    weights = dict(good["model"])
-    first = next(iter(weights))
-    weights[first] = torch.zeros(3, 3)
-    weights["extra.weight"] = torch.zeros(1)
-    torch.save({**good, "model": weights}, mismatch)
-    files["shape mismatch"] = (mismatch, "shape mismatches")
-
     evil = tmp / "evil.pt"
     torch.save({**good, "history": Payload(str(tmp / "pwned"))}, evil)
     files["pickle payload"] = (evil, "Refusing to load")
+
+    files["missing"] = (tmp / "nope.pt", "Checkpoint not found")
     return files
 
 
-def test_broken_checkpoints_get_clear_errors_and_never_run_code(tmp_path: Path, trained: Path) -> None:
-    for name, (path, message) in bad_checkpoints(trained, tmp_path).items():
-        result = run_cli("test.py", f"checkpoint={path}", "device=cpu", cwd=tmp_path)
-        assert result.returncode == 2, name
-        assert message in result.stderr, (name, result.stderr)
-        assert "Traceback" not in result.stderr, name
+@pytest.mark.parametrize("case", ["truncated", "not a checkpoint", "foreign dict", "newer format", "pickle payload", "missing"])
+def test_broken_checkpoint_gets_a_clear_error_and_never_runs_code(tmp_path: Path, case: str) -> None:
+    path, message = bad_checkpoints(tmp_path)[case]
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_weights_that_do_not_fit_name_the_keys_and_shapes(tmp_path: Path) -> None:
+    state = load_checkpoint(good_checkpoint(tmp_path))
+    wider = MLP(input_shape=[1, 4, 4], num_classes=3, hidden_sizes=[16])
+    with pytest.raises(UserError, match=r"shape mismatches net\.1\.weight: checkpoint \(8, 16\) vs model \(16, 16\)"):
+        load_model_state(wider, state["model"], "good.pt")
+    deeper = MLP(input_shape=[1, 4, 4], num_classes=3, hidden_sizes=[8, 8])
+    with pytest.raises(UserError, match=r"missing keys net\.7\.weight"):
+        load_model_state(deeper, state["model"], "good.pt")
+
+
+@pytest.mark.parametrize("case", ["pickle payload", "truncated"])
+def test_test_py_reports_a_broken_checkpoint_in_one_paragraph(tmp_path: Path, case: str) -> None:
+    path, message = bad_checkpoints(tmp_path)[case]
+    result = run_cli("test.py", f"checkpoint={path}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "saved" / "evals").exists() or not any((tmp_path / "saved" / "evals").iterdir())
 

@@ -6,6 +6,7 @@ loaded with `weights_only=True`, so a file can never run code when it is read.
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +22,14 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "config", "epoch", "step")
 
 
-def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
-    """Write `state` to a temporary file, fsync it and rename it over `path`."""
-    atomic_write(path, lambda f: torch.save(dict(state), f))
+def save_checkpoint(state: Mapping[str, Any], *paths: Path) -> None:
+    """Serialise `state` once and write it to each path atomically (temp file, fsync,
+    rename), so a crash at any moment leaves the previous file intact."""
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    data = buffer.getvalue()
+    for path in paths:
+        atomic_write(path, lambda f: f.write(data))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

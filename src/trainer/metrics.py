@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from src.utils.config import classification_metric_names
@@ -40,6 +42,23 @@ class ClassificationMetrics:
         values = torch.stack(sums).tolist()
         count = max(self.count, 1)
         return dict(zip(classification_metric_names(self.num_classes), [v / count for v in values]))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums, so a mid-epoch checkpoint resumes the epoch's metrics exactly."""
+        return {
+            "count": self.count,
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "correct_top5": None if self.correct_top5 is None else self.correct_top5.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.loss_sum.device
+        self.count = state["count"]
+        self.loss_sum = state["loss_sum"].to(device)
+        self.correct = state["correct"].to(device)
+        if self.correct_top5 is not None:
+            self.correct_top5 = state["correct_top5"].to(device)
 
     def confusion_matrix(self) -> list[list[int]]:
         assert self.confusion is not None, "created with confusion=False"

@@ -10,16 +10,16 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 
-def log_hparams(writer: SummaryWriter, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+def log_hparams(writer: SummaryWriter, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
     """Write the run's hyperparameters and final metrics into the run's own event file,
     so runs pointed at together (`--logdir saved/`) compare in the HParams tab."""
     clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
     experiment, session_start, session_end = hparams(clean, dict(metrics))
     file_writer = writer._get_file_writer()
     for summary in (experiment, session_start, session_end):
-        file_writer.add_summary(summary)
+        file_writer.add_summary(summary, step)
     for tag, value in metrics.items():
-        writer.add_scalar(tag, value)
+        writer.add_scalar(tag, value, step)
 
 
 def confusion_image(matrix: list[list[int]], cell: int = 24) -> torch.Tensor:

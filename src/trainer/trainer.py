@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,13 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from src.data.builder import Batches, DataSplits
-from src.trainer.checkpoint import FORMAT_VERSION, save_checkpoint
+from src.trainer.checkpoint import FORMAT_VERSION, load_model_state, save_checkpoint
 from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.metrics import ClassificationMetrics
 from src.trainer.progress import NoProgress, make_progress
-from src.utils.seed import rng_state
+from src.trainer.signals import StopRequest
+from src.utils.errors import RunStopped, UserError
+from src.utils.seed import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ class Trainer:
     """Owns the loop state (epoch, step, best metric, history) and the run's outputs.
 
     `cfg` is the `trainer` config group. Checkpoints go to `run_dir/checkpoints`,
-    TensorBoard events to `run_dir/tensorboard`.
+    TensorBoard events to `run_dir/tensorboard`. Every TensorBoard scalar is logged
+    against the global step, so a resumed run can purge what came after its checkpoint.
     """
 
     def __init__(
@@ -75,30 +79,40 @@ class Trainer:
         device: torch.device,
         run_dir: Path,
         config_yaml: str,
+        choices: dict[str, str] | None = None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.data, self.cfg = data, cfg
         self.num_classes, self.device = num_classes, device
-        self.config_yaml = config_yaml
+        self.config_yaml, self.choices = config_yaml, dict(choices or {})
         self.monitor, self.mode = cfg.monitor, cfg.mode
         self.channels_last = use_channels_last(model, cfg.channels_last)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.writer: SummaryWriter | None = None  # opened by fit(), after a resume is loaded
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches of epoch `epoch + 1` already done (mid-epoch resume)
+        self.partial_metrics: dict[str, Any] | None = None  # their metric sums
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
         self.history: list[dict[str, float]] = []
         self.early_stopping = EarlyStopping(cfg.mode, cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         self.stopped_early = False
+        self.stop = StopRequest()
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
-        with make_progress(self.cfg.progress) as progress:
+        for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a process killed mid-save
+            stale.unlink()
+        # Events after the checkpoint's step are from a future that did not happen.
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
+        anomaly = torch.autograd.detect_anomaly() if self.cfg.detect_anomaly else nullcontext()
+        with self.stop, anomaly, make_progress(self.cfg.progress) as progress:
             while self.epoch < self.cfg.epochs and not self.stopped_early:
                 started = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -117,6 +131,8 @@ class Trainer:
                 self.history.append({"epoch": self.epoch, **metrics, "lr": lr, "seconds": time.perf_counter() - started})
                 self._log_epoch(improved)
                 self._save_checkpoints(best=improved)
+                if self.stop.signum is not None:
+                    self._stop_for_signal()
         if self.stopped_early:
             es = self.early_stopping
             log.info(
@@ -127,29 +143,82 @@ class Trainer:
     def _train_epoch(self, progress: NoProgress) -> dict[str, float]:
         self.model.train()
         metrics = ClassificationMetrics(self.num_classes, self.device)
+        if self.partial_metrics is not None:  # resuming in the middle of this epoch
+            metrics.load_state_dict(self.partial_metrics)
+        start, self.batch_in_epoch, self.partial_metrics = self.batch_in_epoch, 0, None
         batches = self.data.train
         assert batches is not None
-        batches.set_epoch(self.epoch)
+        batches.set_epoch(self.epoch, start_batch=start)
+        first_step = self.step - start  # the global step at which this epoch began
+        # The first step with a non-finite loss, kept on the device: checked only when
+        # the loop reads values back anyway (every log_every_n_steps, and at epoch end).
+        bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         clip = self.cfg.gradient_clip_val
-        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=len(batches))
-        for inputs, targets in batches:
+        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=len(batches), completed=start)
+        for batch, (inputs, targets) in enumerate(batches, start=start):
             outputs = self.model(to_memory_format(inputs, self.channels_last))
             loss = self.loss_fn(outputs, targets)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self._backward(loss, batch)
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
             self.step += 1
             metrics.update(outputs.detach(), targets, loss.detach())
+            bad_step = torch.where(~torch.isfinite(loss.detach()) & (bad_step < 0), self.step, bad_step)
             if self.step % self.cfg.log_every_n_steps == 0:
                 value = loss.item()  # the loop's only host-device sync, every N steps
+                self._check_finite(int(bad_step), first_step)
                 self.writer.add_scalar("train/loss", value, self.step)
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
                 progress.show_loss(value)
             progress.advance()
+            if self.stop.signum is not None and batch + 1 < len(batches):
+                self._check_finite(int(bad_step), first_step)
+                self.batch_in_epoch, self.partial_metrics = batch + 1, metrics.state_dict()
+                self._save_checkpoints(best=False)
+                self._stop_for_signal()
         progress.stop()
+        self._check_finite(int(bad_step), first_step)
         return {f"train/{k}": v for k, v in metrics.compute().items()}
+
+    def _backward(self, loss: torch.Tensor, batch: int) -> None:
+        try:
+            loss.backward()
+        except RuntimeError as err:
+            if not self.cfg.detect_anomaly:
+                raise
+            reason = " ".join(str(err).split())
+            raise RunStopped(
+                f"Anomaly detected at step {self.step + 1} (epoch {self.epoch + 1}, batch {batch + 1}): {reason}. "
+                f"{self._checkpoints_on_disk()}",
+                exit_code=1,
+            ) from err
+
+    def _check_finite(self, bad_step: int, first_step: int) -> None:
+        if bad_step < 0:
+            return
+        raise RunStopped(
+            f"Non-finite training loss (NaN or inf) at step {bad_step} (epoch {self.epoch + 1}, batch "
+            f"{bad_step - first_step}). {self._checkpoints_on_disk()} Try a lower optimizer.lr, "
+            f"trainer.gradient_clip_val, or trainer.detect_anomaly=true to find the operation that produced it.",
+            exit_code=1,
+        )
+
+    def _checkpoints_on_disk(self) -> str:
+        if not (self.checkpoint_dir / "last.pt").exists():
+            return "No checkpoint was saved before it."
+        return (
+            f"The checkpoints in {self.checkpoint_dir} are from before it and were not touched "
+            f"(last.pt: epoch {self.epoch}, best.pt: epoch {self.best_epoch})."
+        )
+
+    def _stop_for_signal(self) -> None:
+        where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
+        last = self.checkpoint_dir / "last.pt"
+        message = f"{self.stop.name} received: saved {last} at {where} (step {self.step}). Resume with: python train.py resume={last}"
+        log.warning(message)
+        raise RunStopped(message, exit_code=128 + (self.stop.signum or 0))
 
     def _step_scheduler(self, monitored: float) -> None:
         if self.scheduler is None:
@@ -165,17 +234,24 @@ class Trainer:
         metrics = {k: v for k, v in record.items() if "/" in k}
         for name, value in metrics.items():
             # Per-step train/loss already has its tag; the epoch mean gets its own.
-            self.writer.add_scalar("train/epoch_loss" if name == "train/loss" else name, value, self.epoch)
+            self.writer.add_scalar("train/epoch_loss" if name == "train/loss" else name, value, self.step)
+        self.writer.add_scalar("epoch", self.epoch, self.step)
         self.writer.flush()
         text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         mark = "  * best" if improved else ""
         log.info(f"epoch {self.epoch}/{self.cfg.epochs}  {text}  lr {record['lr']:.2e}  {record['seconds']:.1f}s{mark}")
 
     def _save_checkpoints(self, best: bool) -> None:
-        state = self.state_dict()
-        save_checkpoint(self.checkpoint_dir / "last.pt", state)
+        paths = [self.checkpoint_dir / "last.pt"]
         if best:
-            save_checkpoint(self.checkpoint_dir / "best.pt", state)
+            paths.append(self.checkpoint_dir / "best.pt")
+        every = self.cfg.save_every_n_epochs
+        if every and not self.batch_in_epoch and self.epoch % every == 0:
+            paths.append(self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt")
+        save_checkpoint(self.state_dict(), *paths)
+        if self.cfg.keep_last_k:
+            for old in sorted(self.checkpoint_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last_k]:
+                old.unlink()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly: tensors and plain values only."""
@@ -187,7 +263,8 @@ class Trainer:
             "grad_scaler": None,
             "epoch": self.epoch,
             "step": self.step,
-            "batch_in_epoch": 0,
+            "batch_in_epoch": self.batch_in_epoch,
+            "partial_epoch_metrics": self.partial_metrics,
             "monitor": self.monitor,
             "mode": self.mode,
             "best_metric": self.best_metric,
@@ -195,8 +272,30 @@ class Trainer:
             "early_stopping": self.early_stopping.state_dict(),
             "rng": rng_state(),
             "config": self.config_yaml,
+            "choices": self.choices,
             "history": self.history,
         }
 
+    def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
+        """Restore a checkpoint written by `state_dict`; the RNGs last, so that nothing
+        built after this call draws from them before the loop does."""
+        load_model_state(self.model, state["model"], path)
+        if (state["scheduler"] is None) != (self.scheduler is None):
+            had = "a" if state["scheduler"] is not None else "no"
+            raise UserError(f"{str(path)!r} was trained with {had} learning-rate scheduler; resume it with the same scheduler config.")
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise UserError(f"The optimizer or scheduler state in {str(path)!r} does not fit this run's config: {err}.") from None
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.batch_in_epoch, self.partial_metrics = state["batch_in_epoch"], state.get("partial_epoch_metrics")
+        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        self.early_stopping.load_state_dict(state["early_stopping"])
+        self.history = list(state["history"])
+        set_rng_state(state["rng"])
+
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

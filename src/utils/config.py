@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -40,6 +41,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 disables clipping)")
     _check(cfg, "trainer.progress", lambda v: v in PROGRESS_CHOICES, "one of " + ", ".join(PROGRESS_CHOICES))
     _check(cfg, "trainer.device", lambda v: isinstance(v, str) and v != "", "auto, cpu, cuda, cuda:N or mps")
+    _check(cfg, "trainer.save_every_n_epochs", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables)")
+    _check(cfg, "trainer.keep_last_k", lambda v: _is_int(v, 1), "a positive integer, or null to keep all", optional=True)
+    _check(cfg, "trainer.deterministic", lambda v: isinstance(v, bool), "true or false")
+    _check(cfg, "trainer.detect_anomaly", lambda v: isinstance(v, bool), "true or false")
     _check(cfg, "trainer.channels_last", lambda v: v in ("auto", True, False), "auto, true or false")
     _check(cfg, "trainer.mode", lambda v: v in ("min", "max"), "min or max")
     _check(cfg, "trainer.early_stopping.patience", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables early stopping)")
@@ -110,3 +115,25 @@ def validate_test_config(cfg: DictConfig) -> None:
     _check(cfg, "device", lambda v: isinstance(v, str) and v != "", "auto, cpu, cuda, cuda:N or mps")
     if cfg.get("data") is not None:
         validate_data_config(cfg)
+
+
+def resume_run_dir(resume: str | None, fresh: str) -> str:
+    """Hydra resolver for `hydra.run.dir`: a resumed run continues in its own folder
+    (the parent of the checkpoint's `checkpoints/`); anything else gets `fresh`."""
+    if resume:
+        checkpoint = Path(str(resume))
+        if checkpoint.parent.name == "checkpoints" and (checkpoint.parent.parent / ".hydra").is_dir():
+            return str(checkpoint.parent.parent)
+    return fresh
+
+
+def resume_output_subdir(resume: str | None, stamp: str) -> str:
+    """Hydra resolver for `hydra.output_subdir`: a resume keeps the run's original
+    `.hydra/` snapshot and writes its own next to it."""
+    return f".hydra/resume_{stamp}" if resume else ".hydra"
+
+
+def register_resolvers() -> None:
+    for name, resolver in (("resume_run_dir", resume_run_dir), ("resume_output_subdir", resume_output_subdir)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console, RenderableType
 from rich.logging import RichHandler
+from rich.text import Text
 
 console = Console()
 if not console.is_terminal:  # a log file or pipe: no need to wrap at 80 columns
@@ -66,5 +67,6 @@ def show(renderable: RenderableType) -> None:
             Console(file=f, width=120, color_system=None, force_terminal=False).print(renderable)
 
 
-def report_error(message: str) -> None:
-    error_console.print(f"[bold red]Error:[/bold red] {message}", highlight=False, soft_wrap=True)
+def report_error(message: str, prefix: str = "Error:") -> None:
+    # Text, not markup: messages quote values like [1, 28, 28] that must print as they are.
+    error_console.print(Text.assemble((prefix, "bold red"), " ", message), soft_wrap=True)

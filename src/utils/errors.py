@@ -1,4 +1,4 @@
-"""The one exception type for bad user input, and how the entry points report it."""
+"""How bad input and deliberate stops reach the user: a paragraph and an exit code."""
 
 from __future__ import annotations
 
@@ -16,18 +16,33 @@ class UserError(Exception):
     """
 
 
-@contextmanager
-def exit_on_user_error(run_dir: Path) -> Iterator[None]:
-    """Turn a UserError into a one-paragraph message and exit code 2.
+class RunStopped(Exception):
+    """Training stopped before its end on purpose (a signal, a non-finite loss).
 
-    A run folder that holds no checkpoint yet is deleted, so bad input never leaves a
-    half-written run behind.
+    The run folder and its checkpoints are kept; the process exits with `exit_code`.
     """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextmanager
+def exit_on_user_error(run_dir: Path, hydra_dir: Path | None = None) -> Iterator[None]:
+    """Turn a UserError or RunStopped into a message and an exit code.
+
+    After a UserError, a run folder that holds no checkpoint yet is deleted, so bad
+    input never leaves a half-written run behind; in a kept folder (a failed resume)
+    the config snapshot Hydra wrote for this attempt (`hydra_dir`) is removed.
+    """
+    from src.utils.console import report_error
+
     try:
         yield
+    except RunStopped as stop:
+        report_error(str(stop), prefix="Stopped:")
+        raise SystemExit(stop.exit_code) from None
     except UserError as err:
-        from src.utils.console import report_error
-
         report_error(str(err))
         if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -35,4 +50,6 @@ def exit_on_user_error(run_dir: Path) -> Iterator[None]:
                 run_dir.parent.rmdir()  # the run name's folder, when this was its only run
             except OSError:
                 pass
+        elif hydra_dir is not None and hydra_dir != run_dir / ".hydra":
+            shutil.rmtree(hydra_dir, ignore_errors=True)
         raise SystemExit(2) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -13,6 +14,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def set_deterministic(enabled: bool) -> None:
+    """Ask torch for deterministic kernels (an error where an op has none)."""
+    if enabled:
+        # cuBLAS needs this to be deterministic; it must be set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.benchmark = False if enabled else torch.backends.cudnn.benchmark
 
 
 def rng_state() -> dict[str, Any]:
