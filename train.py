@@ -4,24 +4,41 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 from src.utils.config import register_resolvers, validate_train_config
 from src.utils.errors import exit_on_user_error
 
-register_resolvers()  # used by configs/hydra/default.yaml to place resumed runs
+register_resolvers()  # used by configs/hydra/default.yaml to name and place run folders
+
+
+def run(cfg: DictConfig) -> float:
+    validate_train_config(cfg)
+    # Imported only now: `--help` and config errors never pay for importing torch.
+    from src.train import train
+
+    return train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    with exit_on_user_error(run_dir, run_dir / hydra_cfg.output_subdir):
-        validate_train_config(cfg)
-        # Imported only now: `--help` and config errors never pay for importing torch.
-        from src.train import train
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        from src.utils.sweep import finished_job_metric, run_sweep_job
 
-        return train(cfg)
+        if cfg.sweep.resume:  # re-running a sweep: skip finished jobs, resume the others
+            done = finished_job_metric(run_dir)
+            if done is not None:
+                print(f"job {run_dir.name} already finished (best {done:.4f}); skipping")
+                return done
+            if (run_dir / "checkpoints" / "last.pt").is_file():
+                with open_dict(cfg):
+                    cfg.resume = str(run_dir / "checkpoints" / "last.pt")
+        return run_sweep_job(lambda: run(cfg), run_dir, list(hydra_cfg.overrides.task))
+    with exit_on_user_error(run_dir, run_dir / hydra_cfg.output_subdir):
+        return run(cfg)
 
 
 if __name__ == "__main__":

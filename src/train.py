@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,8 @@ from src.trainer.trainer import Trainer, evaluate
 from src.trainer.resume import changed_optimizer_values, resumed_config
 from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import close_logging, setup_logging, show
-from src.utils.device import resolve_device
-from src.utils.errors import UserError
+from src.utils.device import resolve_device, set_thread_share
+from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 
@@ -43,6 +44,8 @@ def train(cfg: DictConfig) -> float:
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> float:
+    started = time.time()
+    set_thread_share(HydraConfig.get().launcher)
     state = None
     if cfg.resume:
         state = load_checkpoint(cfg.resume)
@@ -99,6 +102,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         for tag, value in test.items():
             trainer.writer.add_scalar(tag, value, trainer.step)
         results = _results(trainer, test, run_dir)
+        results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=time.time() - started)
         atomic_write_json(run_dir / "metrics.json", results)
         hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
         summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
@@ -126,7 +130,7 @@ def build(group: str, node: DictConfig, *call_args: Any) -> Any:
         return obj(*call_args) if call_args else obj
     except Exception as err:
         cause = err.__cause__ or err
-        reason = " ".join(str(cause).split())
+        reason = one_line(cause)
         raise UserError(
             f"Could not build the {group} from its config (_target_={node.get('_target_')}): "
             f"{type(cause).__name__}: {reason}. Check the {group}.* values "
@@ -137,6 +141,7 @@ def build(group: str, node: DictConfig, *call_args: Any) -> Any:
 def _results(trainer: Trainer, test: dict[str, float], run_dir: Path) -> dict[str, Any]:
     best = next(r for r in trainer.history if r["epoch"] == trainer.best_epoch)
     return {
+        "status": "completed",
         "monitor": trainer.monitor,
         "mode": trainer.mode,
         "best_metric": trainer.best_metric,

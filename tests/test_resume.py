@@ -68,9 +68,16 @@ def test_stop_after_an_epoch_then_extend_is_bitwise_identical(tmp_path: Path, un
     assert (run_dir / ".hydra" / "config.yaml").is_file() and list((run_dir / ".hydra").glob("resume_*"))
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_mid_epoch_saves_and_resumes_exactly(tmp_path: Path, uninterrupted: Path, sig: int, code: int) -> None:
-    process = start_cli("train.py", *RUN, f"trainer.epochs={EPOCHS}", cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("sig", "code", "in_memory"),
+    [(signal.SIGTERM, 143, "false"), (signal.SIGINT, 130, "true")],
+    ids=["SIGTERM-DataLoader-path", "SIGINT-in-memory-path"],
+)
+def test_signal_mid_epoch_saves_and_resumes_exactly(
+    tmp_path: Path, uninterrupted: Path, sig: int, code: int, in_memory: str
+) -> None:
+    # The uninterrupted run used the in-memory path: both paths yield the same batches.
+    process = start_cli("train.py", *RUN, f"trainer.epochs={EPOCHS}", f"data.in_memory={in_memory}", cwd=tmp_path)
     wait_for_line(process, f"epoch 1/{EPOCHS}")
     time.sleep(0.2)  # into epoch 2, which takes about a second
     process.send_signal(sig)

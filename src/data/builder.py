@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from src.data.batches import InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
-from src.utils.errors import UserError
+from src.utils.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def load_dataset(cfg: DictConfig, train: bool) -> Dataset:
 def _missing_dataset_message(cfg: DictConfig, cause: BaseException) -> str:
     target = cfg.dataset._target_
     root = Path(str(cfg.dataset.get("root", cfg.get("root", "."))))
-    reason = " ".join(str(cause).split())
+    reason = one_line(cause)
     where = f"under {root}"
     try:
         cls = get_class(target)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from src.utils.errors import UserError
+from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write
 
 FORMAT_VERSION = 1
@@ -40,14 +40,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = " ".join(str(err).split())[:300]
+        reason = one_line(err)
         raise UserError(
             f"Refusing to load {str(path)!r}: it contains objects other than tensors and plain values "
             f"(weights_only load failed: {reason}). Checkpoints of this framework never hold code; "
             f"this file is either from another tool or has been tampered with."
         ) from None
     except Exception as err:  # truncated zip, plain text, legacy garbage: torch raises many types
-        reason = " ".join(str(err).split())[:200]
+        reason = one_line(err, limit=200)
         raise UserError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupt file?): {reason}.") from None
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         found = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__

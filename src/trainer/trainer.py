@@ -19,7 +19,7 @@ from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.metrics import ClassificationMetrics
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
-from src.utils.errors import RunStopped, UserError
+from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.seed import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class Trainer:
         except RuntimeError as err:
             if not self.cfg.detect_anomaly:
                 raise
-            reason = " ".join(str(err).split())
+            reason = one_line(err)
             raise RunStopped(
                 f"Anomaly detected at step {self.step + 1} (epoch {self.epoch + 1}, batch {batch + 1}): {reason}. "
                 f"{self._checkpoints_on_disk()}",
@@ -288,7 +288,7 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
         except (ValueError, KeyError, RuntimeError) as err:
-            raise UserError(f"The optimizer or scheduler state in {str(path)!r} does not fit this run's config: {err}.") from None
+            raise UserError(f"The optimizer or scheduler state in {str(path)!r} does not fit this run's config: {one_line(err)}.") from None
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch, self.partial_metrics = state["batch_in_epoch"], state.get("partial_epoch_metrics")
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]

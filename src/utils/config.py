@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,23 +121,53 @@ def validate_test_config(cfg: DictConfig) -> None:
         validate_data_config(cfg)
 
 
-def resume_run_dir(resume: str | None, fresh: str) -> str:
+STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
+
+
+def claim_stamp(base: str) -> str:
+    """A new folder `<base>/<timestamp>` for this process, created atomically; a second
+    process started in the same second gets `<timestamp>_1`, and so on.
+
+    The name is remembered in the environment: Hydra may resolve the run or sweep dir
+    more than once, and launcher processes (joblib) inherit it and reuse it.
+    """
+    key = "HYDRA_TORCH_TRAINER_STAMP_" + hashlib.md5(base.encode()).hexdigest()[:12]
+    if key in os.environ:
+        return os.environ[key]
+    stamp = datetime.now().strftime(STAMP_FORMAT)
+    for n in itertools.count():
+        name = stamp if n == 0 else f"{stamp}_{n}"
+        try:
+            (Path(base) / name).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        os.environ[key] = name
+        return name
+    raise AssertionError("unreachable")
+
+
+def run_dir(resume: str | None, base: str) -> str:
     """Hydra resolver for `hydra.run.dir`: a resumed run continues in its own folder
-    (the parent of the checkpoint's `checkpoints/`); anything else gets `fresh`."""
+    (the parent of the checkpoint's `checkpoints/`); any other run gets a new folder."""
     if resume:
         checkpoint = Path(str(resume))
         if checkpoint.parent.name == "checkpoints" and (checkpoint.parent.parent / ".hydra").is_dir():
             return str(checkpoint.parent.parent)
-    return fresh
+    return f"{base}/{claim_stamp(base)}"
 
 
-def resume_output_subdir(resume: str | None, stamp: str) -> str:
+def sweep_dir(resume: str | None, base: str) -> str:
+    """Hydra resolver for `hydra.sweep.dir`: `sweep.resume=PATH` continues that sweep."""
+    return str(resume) if resume else f"{base}/{claim_stamp(base)}"
+
+
+def output_subdir(resume: str | None) -> str:
     """Hydra resolver for `hydra.output_subdir`: a resume keeps the run's original
     `.hydra/` snapshot and writes its own next to it."""
-    return f".hydra/resume_{stamp}" if resume else ".hydra"
+    return f".hydra/resume_{datetime.now().strftime(STAMP_FORMAT)}" if resume else ".hydra"
 
 
 def register_resolvers() -> None:
-    for name, resolver in (("resume_run_dir", resume_run_dir), ("resume_output_subdir", resume_output_subdir)):
+    for name, resolver in (("run_dir", run_dir), ("sweep_dir", sweep_dir), ("output_subdir", output_subdir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)

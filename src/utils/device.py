@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 
 from src.utils.errors import UserError
@@ -30,3 +33,14 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"trainer.device={name!r} but MPS is not available here: use trainer.device=auto or cpu.")
     return device
+
+
+def set_thread_share(launcher: Any) -> None:
+    """Under a launcher that runs N jobs at once on this machine (joblib), give each
+    job its share of the CPU threads, so N jobs do not oversubscribe the cores."""
+    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")).lower() else None
+    if not n_jobs:
+        return
+    cores = os.cpu_count() or 1
+    parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+    torch.set_num_threads(max(1, cores // parallel))

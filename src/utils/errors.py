@@ -27,6 +27,12 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception's message as one line without a final period, to quote in a sentence."""
+    text = " ".join(str(err).split()).rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @contextmanager
 def exit_on_user_error(run_dir: Path, hydra_dir: Path | None = None) -> Iterator[None]:
     """Turn a UserError or RunStopped into a message and an exit code.

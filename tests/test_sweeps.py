@@ -1,0 +1,126 @@
+"""--multirun: job folders, the leaderboard, failures, Optuna, joblib, resumed sweeps."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, run_cli, run_dirs, start_cli, wait_for_line
+from src.utils import config as config_module
+
+QUICK = ["data=synthetic", "data.dataset.train_size=500", "trainer.epochs=1", *FAST]
+
+
+def sweep_dir(cwd: Path) -> Path:
+    (path,) = (cwd / "saved" / "multirun").iterdir()
+    return path
+
+
+def summary(sweep: Path) -> list[dict[str, str]]:
+    with open(sweep / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_sweep_writes_one_folder_per_job_and_a_leaderboard(tmp_path: Path) -> None:
+    result = run_cli("train.py", "-m", *QUICK, "model=mlp,cnn", "optimizer.lr=1e-3,1e-2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = sweep_dir(tmp_path)
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == [
+        "0_data.dataset.train_size=500,data=synthetic,model=mlp,optimizer.lr=0.001,trainer.epochs=1",
+        "1_data.dataset.train_size=500,data=synthetic,model=mlp,optimizer.lr=0.01,trainer.epochs=1",
+        "2_data.dataset.train_size=500,data=synthetic,model=cnn,optimizer.lr=0.001,trainer.epochs=1",
+        "3_data.dataset.train_size=500,data=synthetic,model=cnn,optimizer.lr=0.01,trainer.epochs=1",
+    ]
+    for job in jobs:  # the usual run folder inside each job folder
+        assert (sweep / job / "checkpoints" / "best.pt").is_file() and (sweep / job / "metrics.json").is_file()
+    rows = summary(sweep)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
+    best = [float(r["best"]) for r in rows]
+    assert best == sorted(best), "best (lowest val/loss) first"
+    assert "test/accuracy" in rows[0] and rows[0]["run_dir"]
+    assert (sweep / "summary.md").read_text().count("| completed |") == 4
+    assert "(best first)" in result.stdout
+    assert run_dirs(tmp_path) == [], "no stray single-run folder"
+
+
+def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
+    result = run_cli("train.py", "-m", *QUICK, "optimizer.lr=1e-3,-1,1e-2", cwd=tmp_path)
+    assert result.returncode == 1
+    rows = summary(sweep_dir(tmp_path))
+    assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
+    assert "optimizer.lr=-1" in rows[2]["error"] and "optimizer.lr=-1" in rows[2]["overrides"]
+    assert "job 1" in result.stderr and "failed" in result.stderr
+
+
+def test_optuna_search_runs_its_trials_and_continues_its_study(tmp_path: Path) -> None:
+    search = ["hparams_search=mnist_optuna", *QUICK]
+    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = sweep_dir(tmp_path)
+    assert (sweep / "optuna.db").is_file()
+    rows = summary(sweep)
+    assert len(rows) == 2 and rows[0]["monitor"] == "val/accuracy"
+    assert float(rows[0]["best"]) >= float(rows[1]["best"]), "maximised metric: best first"
+
+    # Asking for 3 trials in all runs one more, numbered after the first two.
+    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=3", f"sweep.resume={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = summary(sweep)
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
+    result = run_cli(
+        "train.py", "-m", *QUICK, "optimizer.lr=1e-3,1e-2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    rows = summary(sweep_dir(tmp_path))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+
+
+def test_an_interrupted_sweep_continues_without_retraining_finished_jobs(tmp_path: Path) -> None:
+    grid = ["-m", *QUICK, "optimizer.lr=1e-3,2e-3,3e-3"]
+    process = start_cli("train.py", *grid, cwd=tmp_path)
+    wait_for_line(process, "Run folder:")  # job 0 has finished
+    process.kill()
+    process.communicate()
+    sweep = sweep_dir(tmp_path)
+    first = next(sweep.glob("0_*")) / "metrics.json"
+    finished_at = first.stat().st_mtime_ns
+
+    result = run_cli("train.py", *grid, f"sweep.resume={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "already finished" in result.stdout
+    assert first.stat().st_mtime_ns == finished_at, "job 0 was not trained again"
+    rows = summary(sweep)
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2"] and {r["status"] for r in rows} == {"completed"}
+
+
+def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
+    processes = [start_cli("train.py", *QUICK, cwd=tmp_path) for _ in range(2)]
+    for process in processes:
+        process.communicate(timeout=120)
+        assert process.returncode == 0
+    assert len(run_dirs(tmp_path)) == 2
+
+
+def test_a_folder_claimed_in_the_same_second_gets_a_suffix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(config_module, "datetime", FrozenClock)
+    base = str(tmp_path / "runs")
+    names = []
+    for _ in range(3):  # three processes: each starts with a clean environment
+        for key in [k for k in config_module.os.environ if k.startswith("HYDRA_TORCH_TRAINER_STAMP_")]:
+            monkeypatch.delenv(key)
+        names.append(config_module.claim_stamp(base))
+    assert names == ["2026-01-02_03-04-05", "2026-01-02_03-04-05_1", "2026-01-02_03-04-05_2"]
+    assert config_module.claim_stamp(base) == names[-1], "the same process keeps its folder"
