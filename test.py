@@ -1,12 +1,13 @@
 """Evaluate a checkpoint: `python test.py checkpoint=saved/runs/<run>/<time>/checkpoints/best.pt`."""
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from src.utils.config import register_resolvers, validate_test_config
+from src.utils.config import app_help, register_resolvers, validate_test_config, wants_app_help
 from src.utils.errors import exit_on_user_error
 
 
@@ -24,4 +25,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if wants_app_help(sys.argv[1:]):  # fast: Hydra's own --help formats all of its plugins' groups
+        overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+        print(app_help("test.py", "test", overrides, "checkpoint=saved/runs/<name>/<time>/checkpoints/best.pt split=val", ["data"]))
+        sys.exit(0)
     main()

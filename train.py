@@ -1,5 +1,6 @@
 """Train a model: `python train.py model=mlp data=fashion_mnist` (see configs/train.yaml)."""
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -7,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from src.utils.config import register_resolvers, validate_train_config
+from src.utils.config import app_help, register_resolvers, validate_train_config, wants_app_help
 from src.utils.errors import exit_on_user_error
 
 register_resolvers()  # used by configs/hydra/default.yaml to name and place run folders
@@ -42,4 +43,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    if wants_app_help(sys.argv[1:]):  # fast: Hydra's own --help formats all of its plugins' groups
+        overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+        print(app_help("train.py", "train", overrides, "model=cnn data=mnist optimizer.lr=3e-4 trainer.epochs=5"))
+        sys.exit(0)
     main()

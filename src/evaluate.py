@@ -58,7 +58,10 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     num_classes = data_cfg.num_classes
     channels_last = use_channels_last(model, trained.trainer.get("channels_last", False))
-    metrics = evaluate(model, loss_fn, batches, num_classes, device, confusion=True, channels_last=channels_last)
+    precision = str(trained.trainer.get("precision", "32"))
+    metrics = evaluate(
+        model, loss_fn, batches, num_classes, device, confusion=True, channels_last=channels_last, precision=precision
+    )
     values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
     matrix = metrics.confusion_matrix()
 

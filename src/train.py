@@ -96,7 +96,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         test = evaluate(
-            model, loss_fn, data.test, cfg.data.num_classes, device, channels_last=trainer.channels_last
+            model,
+            loss_fn,
+            data.test,
+            cfg.data.num_classes,
+            device,
+            channels_last=trainer.channels_last,
+            precision=trainer.precision,
         ).compute()
         test = {f"test/{k}": v for k, v in test.items()}
         for tag, value in test.items():

@@ -124,3 +124,10 @@ def test_a_folder_claimed_in_the_same_second_gets_a_suffix(tmp_path: Path, monke
         names.append(config_module.claim_stamp(base))
     assert names == ["2026-01-02_03-04-05", "2026-01-02_03-04-05_1", "2026-01-02_03-04-05_2"]
     assert config_module.claim_stamp(base) == names[-1], "the same process keeps its folder"
+
+
+def test_job_folder_names_stay_one_level_and_short() -> None:
+    assert config_module.job_dirname(3, "data.root=/data/sets,model=cnn") == "3_data.root=_data_sets,model=cnn"
+    assert config_module.job_dirname(0, "") == "0"
+    long = config_module.job_dirname(7, ",".join(f"model.p{i}=0.123456789012345" for i in range(20)))
+    assert len(long) <= 120 and long.startswith("7_model.p0=")

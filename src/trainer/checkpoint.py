@@ -63,8 +63,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+# Wrappers that prefix every key: torch.compile and (Distributed)DataParallel.
+WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
 def load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """Load weights, or explain exactly which keys or shapes do not fit the model."""
+    for prefix in WRAPPER_PREFIXES:
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

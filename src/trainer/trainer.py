@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,17 @@ def to_memory_format(inputs: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return inputs
 
 
+# trainer.precision -> the autocast dtype (None: plain float32).
+PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """Autocast to the precision's dtype; for plain float32 a no-op context (building a
+    disabled torch.autocast costs tens of microseconds, on every step)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -45,16 +57,20 @@ def evaluate(
     batches: Batches,
     num_classes: int,
     device: torch.device,
+    *,
     confusion: bool = False,
     channels_last: bool = False,
+    precision: str = "32",
 ) -> ClassificationMetrics:
     """Run `model` over every batch once, in eval mode, and return the summed metrics."""
     model.eval()
     metrics = ClassificationMetrics(num_classes, device, confusion=confusion)
     batches.set_epoch(0)
     for inputs, targets in batches:
-        outputs = model(to_memory_format(inputs, channels_last))
-        metrics.update(outputs, targets, loss_fn(outputs, targets))
+        with autocast(device, precision):
+            outputs = model(to_memory_format(inputs, channels_last))
+            loss = loss_fn(outputs, targets)
+        metrics.update(outputs, targets, loss)
     return metrics
 
 
@@ -90,9 +106,15 @@ class Trainer:
         self.channels_last = use_channels_last(model, cfg.channels_last)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        self.precision = str(cfg.precision)
+        # Loss scaling is only needed for float16; disabled, the scaler is a no-op.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
+        # Checkpoints always come from `model`, so they never carry torch.compile's
+        # `_orig_mod.` prefix and load without compile.
+        self.forward_model = torch.compile(model) if cfg.compile else model
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
-        self.writer: SummaryWriter | None = None  # opened by fit(), after a resume is loaded
+        self._writer: SummaryWriter | None = None
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -104,22 +126,38 @@ class Trainer:
         self.early_stopping = EarlyStopping(cfg.mode, cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         self.stopped_early = False
         self.stop = StopRequest()
+        self.first_step_logged = False
+        self.epoch_first_step = 0  # the global step count when the current epoch began
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The TensorBoard writer, opened on first use: after a resumed state is loaded,
+        so that events logged after the checkpoint's step (a future that did not
+        happen) are purged."""
+        if self._writer is None:
+            purge = self.step + 1 if self.step else None
+            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
+        return self._writer
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
         for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a process killed mid-save
             stale.unlink()
-        # Events after the checkpoint's step are from a future that did not happen.
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1 if self.step else None)
         anomaly = torch.autograd.detect_anomaly() if self.cfg.detect_anomaly else nullcontext()
         with self.stop, anomaly, make_progress(self.cfg.progress) as progress:
             while self.epoch < self.cfg.epochs and not self.stopped_early:
                 started = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
-                metrics = self._train_epoch(progress)
+                metrics = self.train_epoch(progress)
                 if self.data.val is not None:
                     val = evaluate(
-                        self.model, self.loss_fn, self.data.val, self.num_classes, self.device, channels_last=self.channels_last
+                        self.forward_model,
+                        self.loss_fn,
+                        self.data.val,
+                        self.num_classes,
+                        self.device,
+                        channels_last=self.channels_last,
+                        precision=self.precision,
                     )
                     metrics.update({f"val/{k}": v for k, v in val.compute().items()})
                 self.epoch += 1
@@ -140,47 +178,87 @@ class Trainer:
                 f"{es.min_delta} for {es.patience} epochs (best {self.best_metric:.4f} at epoch {self.best_epoch})."
             )
 
-    def _train_epoch(self, progress: NoProgress) -> dict[str, float]:
+    def train_epoch(self, progress: NoProgress | None = None) -> dict[str, float]:
+        """One pass over the training batches (from `batch_in_epoch` when resuming)."""
+        progress = progress or NoProgress()
         self.model.train()
-        metrics = ClassificationMetrics(self.num_classes, self.device)
+        metrics = ClassificationMetrics(self.num_classes, self.device, top5=False)
         if self.partial_metrics is not None:  # resuming in the middle of this epoch
             metrics.load_state_dict(self.partial_metrics)
         start, self.batch_in_epoch, self.partial_metrics = self.batch_in_epoch, 0, None
         batches = self.data.train
         assert batches is not None
         batches.set_epoch(self.epoch, start_batch=start)
-        first_step = self.step - start  # the global step at which this epoch began
-        # The first step with a non-finite loss, kept on the device: checked only when
-        # the loop reads values back anyway (every log_every_n_steps, and at epoch end).
-        bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
-        clip = self.cfg.gradient_clip_val
-        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=len(batches), completed=start)
+        self.epoch_first_step = self.step - start // self.cfg.accumulate_grad_batches
+        # Each step's loss tensor, kept (not read) until the loop syncs anyway: every
+        # log_every_n_steps, before a checkpoint and at the epoch's end. Then one
+        # transfer gives the logged loss and the exact step of any NaN.
+        recent: list[torch.Tensor] = []
+        # Plain Python values: reading a DictConfig inside the loop costs microseconds per access.
+        clip, accumulate = float(self.cfg.gradient_clip_val), int(self.cfg.accumulate_grad_batches)
+        log_every, num_batches = int(self.cfg.log_every_n_steps), len(batches)
+        scaling = self.scaler.is_enabled()
+        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start)
         for batch, (inputs, targets) in enumerate(batches, start=start):
-            outputs = self.model(to_memory_format(inputs, self.channels_last))
-            loss = self.loss_fn(outputs, targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            self._backward(loss, batch)
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            self.optimizer.step()
-            self.step += 1
+            with autocast(self.device, self.precision):
+                outputs = self.forward_model(to_memory_format(inputs, self.channels_last))
+                loss = self.loss_fn(outputs, targets)
+            # Averaging over the accumulated batches makes k batches of n one batch of k*n.
+            scaled = loss if accumulate == 1 else loss / accumulate
+            self._backward(self.scaler.scale(scaled) if scaling else scaled, batch)
             metrics.update(outputs.detach(), targets, loss.detach())
-            bad_step = torch.where(~torch.isfinite(loss.detach()) & (bad_step < 0), self.step, bad_step)
-            if self.step % self.cfg.log_every_n_steps == 0:
-                value = loss.item()  # the loop's only host-device sync, every N steps
-                self._check_finite(int(bad_step), first_step)
+            recent.append(loss.detach())
+            progress.advance()
+            if (batch + 1) % accumulate and batch + 1 < num_batches:
+                continue  # keep accumulating gradients
+            if clip > 0:
+                if scaling:
+                    self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            if scaling:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if not self.first_step_logged:
+                self.first_step_logged = True
+                log.info(f"first optimizer step done; {num_batches} batches per epoch")
+            if self.step % log_every == 0:
+                value = self._read_losses(recent, batch)  # the loop's only sync, every N steps
                 self.writer.add_scalar("train/loss", value, self.step)
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
                 progress.show_loss(value)
-            progress.advance()
-            if self.stop.signum is not None and batch + 1 < len(batches):
-                self._check_finite(int(bad_step), first_step)
+            if self.stop.signum is not None and batch + 1 < num_batches:
+                self._read_losses(recent, batch)
                 self.batch_in_epoch, self.partial_metrics = batch + 1, metrics.state_dict()
                 self._save_checkpoints(best=False)
                 self._stop_for_signal()
         progress.stop()
-        self._check_finite(int(bad_step), first_step)
+        if recent:
+            self._read_losses(recent, len(batches) - 1)
         return {f"train/{k}": v for k, v in metrics.compute().items()}
+
+    def _read_losses(self, recent: list[torch.Tensor], batch: int) -> float:
+        """Read the losses of the last batches (`batch` is the newest) back at once:
+        stop on the first non-finite one, else return their mean. Empties `recent`."""
+        values = torch.stack(recent).tolist()
+        recent.clear()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                bad_batch = batch - len(values) + 1 + i
+                raise RunStopped(
+                    f"Non-finite training loss ({value}) at step {self.step_of(bad_batch)} (epoch {self.epoch + 1}, "
+                    f"batch {bad_batch + 1}). {self._checkpoints_on_disk()} Try a lower optimizer.lr, "
+                    f"trainer.gradient_clip_val, or trainer.detect_anomaly=true to find the operation that produced it.",
+                    exit_code=1,
+                )
+        return sum(values) / len(values)
+
+    def step_of(self, batch: int) -> int:
+        """The optimizer step (1-based, global) that batch `batch` of this epoch belongs to."""
+        return self.epoch_first_step + batch // int(self.cfg.accumulate_grad_batches) + 1
 
     def _backward(self, loss: torch.Tensor, batch: int) -> None:
         try:
@@ -194,16 +272,6 @@ class Trainer:
                 f"{self._checkpoints_on_disk()}",
                 exit_code=1,
             ) from err
-
-    def _check_finite(self, bad_step: int, first_step: int) -> None:
-        if bad_step < 0:
-            return
-        raise RunStopped(
-            f"Non-finite training loss (NaN or inf) at step {bad_step} (epoch {self.epoch + 1}, batch "
-            f"{bad_step - first_step}). {self._checkpoints_on_disk()} Try a lower optimizer.lr, "
-            f"trainer.gradient_clip_val, or trainer.detect_anomaly=true to find the operation that produced it.",
-            exit_code=1,
-        )
 
     def _checkpoints_on_disk(self) -> str:
         if not (self.checkpoint_dir / "last.pt").exists():
@@ -260,7 +328,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "grad_scaler": None,
+            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
@@ -292,10 +360,12 @@ class Trainer:
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch, self.partial_metrics = state["batch_in_epoch"], state.get("partial_epoch_metrics")
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        if state.get("grad_scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])
         set_rng_state(state["rng"])
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self._writer is not None:
+            self._writer.close()

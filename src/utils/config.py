@@ -33,8 +33,8 @@ def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], expected: str, 
         raise UserError(f"Invalid value {key}={value!r}: expected {expected}.")
 
 
-def classification_metric_names(num_classes: int) -> list[str]:
-    return ["loss", "accuracy"] + (["top5"] if num_classes > 5 else [])
+def classification_metric_names(num_classes: int, top5: bool = True) -> list[str]:
+    return ["loss", "accuracy"] + (["top5"] if top5 and num_classes > 5 else [])
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -49,6 +49,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "trainer.keep_last_k", lambda v: _is_int(v, 1), "a positive integer, or null to keep all", optional=True)
     _check(cfg, "trainer.deterministic", lambda v: isinstance(v, bool), "true or false")
     _check(cfg, "trainer.detect_anomaly", lambda v: isinstance(v, bool), "true or false")
+    _check(cfg, "trainer.precision", lambda v: str(v) in ("32", "16-mixed", "bf16-mixed"), "32, 16-mixed or bf16-mixed")
+    _check(cfg, "trainer.compile", lambda v: isinstance(v, bool), "true or false")
+    _check(cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v, 1), "a positive integer")
     _check(cfg, "trainer.channels_last", lambda v: v in ("auto", True, False), "auto, true or false")
     _check(cfg, "trainer.mode", lambda v: v in ("min", "max"), "min or max")
     _check(cfg, "trainer.early_stopping.patience", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables early stopping)")
@@ -77,11 +80,11 @@ def validate_data_config(cfg: DictConfig) -> None:
 
 def _check_monitor(cfg: DictConfig) -> None:
     monitor = cfg.trainer.monitor
-    names = classification_metric_names(cfg.data.num_classes)
-    splits = ["train", "val"] if cfg.data.val_split > 0 else ["train"]
-    choices = [f"{split}/{name}" for split in splits for name in names]
+    choices = [f"train/{name}" for name in classification_metric_names(cfg.data.num_classes, top5=False)]
+    if cfg.data.val_split > 0:
+        choices += [f"val/{name}" for name in classification_metric_names(cfg.data.num_classes)]
     if monitor not in choices:
-        why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and "val" not in splits else ""
+        why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and cfg.data.val_split == 0 else ""
         raise UserError(f"Invalid value trainer.monitor={monitor!r}{why}: expected one of {', '.join(choices)}.")
 
 
@@ -167,7 +170,57 @@ def output_subdir(resume: str | None) -> str:
     return f".hydra/resume_{datetime.now().strftime(STAMP_FORMAT)}" if resume else ".hydra"
 
 
+def job_dirname(number: int, overrides: str) -> str:
+    """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<its overrides>`, one
+    folder level (a `/` in a value would nest folders) and short enough for any
+    filesystem (long names end in a hash of the full one)."""
+    name = f"{number}_{overrides}".replace("/", "_") if overrides else str(number)
+    if len(name) > 120:
+        name = name[:110] + "-" + hashlib.md5(name.encode()).hexdigest()[:8]
+    return name
+
+
 def register_resolvers() -> None:
-    for name, resolver in (("run_dir", run_dir), ("sweep_dir", sweep_dir), ("output_subdir", output_subdir)):
+    resolvers = {"run_dir": run_dir, "sweep_dir": sweep_dir, "output_subdir": output_subdir, "job_dirname": job_dirname}
+    for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
+
+
+def app_help(script: str, config_name: str, overrides: list[str], example: str, groups: list[str] | None = None) -> str:
+    """The text of `python <script> --help`: the config groups with their options, and
+    the config those overrides compose.
+
+    Hydra's own help also formats every group of Hydra and its plugins, which takes
+    about 1.5 s; `--hydra-help` still shows Hydra's flags.
+    """
+    from hydra import compose, initialize_config_dir
+
+    config_dir = Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides)
+    listed = [
+        f"  {group.name}: {', '.join(sorted(p.stem for p in group.glob('*.yaml')))}"
+        for group in sorted(config_dir.iterdir())
+        if group.is_dir() and group.name != "hydra" and (groups is None or group.name in groups)
+    ]
+    return "\n".join(
+        [
+            f"{script}: choose one option per config group and override any value, e.g.",
+            f"  python {script} {example}",
+            "",
+            "== Config groups ==",
+            *listed,
+            "",
+            "== Config ==",
+            OmegaConf.to_yaml(cfg).rstrip(),
+            "",
+            "Sweeps: --multirun (-m) with comma-separated values. Hydra's flags: --hydra-help.",
+        ]
+    )
+
+
+def wants_app_help(argv: list[str]) -> bool:
+    """`--help`/`-h` with nothing but overrides beside it (other Hydra flags go to Hydra)."""
+    flags = [a for a in argv if a.startswith("-")]
+    return bool(flags) and all(a in ("--help", "-h") for a in flags)

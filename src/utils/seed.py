@@ -17,12 +17,17 @@ def seed_everything(seed: int) -> None:
 
 
 def set_deterministic(enabled: bool) -> None:
-    """Ask torch for deterministic kernels (an error where an op has none)."""
-    if enabled:
-        # cuBLAS needs this to be deterministic; it must be set before CUDA starts.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.benchmark = False if enabled else torch.backends.cudnn.benchmark
+    """Ask torch for deterministic kernels (an error where an op has none).
+
+    Off, nothing is touched: torch.use_deterministic_algorithms imports torch's
+    compiler (over 2 s of start-up) even to set False.
+    """
+    if not enabled:
+        return
+    # cuBLAS needs this to be deterministic; it must be set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def rng_state() -> dict[str, Any]:

@@ -145,6 +145,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = job_rows(sweep_dir)
         if not rows:
+            log.warning(f"No job folders found in {sweep_dir}: no sweep summary written.")
             return
         write_summary(sweep_dir, rows)
         show(summary_table(sweep_dir, rows))
