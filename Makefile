@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: train test install clean
+.PHONY: train test bench install clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n auto $(ARGS)
+
+# Side-by-side speed measurements: `make bench ARGS="--quick --out saved/benchmark.json"`.
+bench: $(STAMP)
+	$(PY) benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV)
