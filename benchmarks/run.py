@@ -115,7 +115,7 @@ def overhead(make_model, images, targets, device: torch.device, steps: int, roun
             scheduler=None,
             data=DataSplits(train=batches, val=None, test=None, in_memory=True),
             cfg=trainer_config(**trainer_options),
-            num_classes=10,
+            num_outputs=10,
             device=device,
             run_dir=Path(tmp),
             config_yaml="",

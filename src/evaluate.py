@@ -48,7 +48,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     data_cfg = _data_config(cfg, trained)
 
     device = resolve_device(cfg.device)
-    data = build_data(data_cfg, device, seed=trained.seed, splits=(cfg.split,))
+    data = build_data(data_cfg, device, seed=trained.seed, splits=(cfg.split,), stats=state.get("data_stats"))
     batches = data.test if cfg.split == "test" else data.val
     if batches is None:
         raise UserError(f"split=val but the data config has no validation set (data.val_split={data_cfg.val_split}); use split=test.")
@@ -56,14 +56,22 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     load_model_state(model, state["model"], path)
     loss_fn = instantiate(trained.loss)
 
-    num_classes = data_cfg.num_classes
     channels_last = use_channels_last(model, trained.trainer.get("channels_last", False))
     precision = str(trained.trainer.get("precision", "32"))
+    task = data_cfg.get("task", "classification")
     metrics = evaluate(
-        model, loss_fn, batches, num_classes, device, confusion=True, channels_last=channels_last, precision=precision
+        model,
+        loss_fn,
+        batches,
+        data_cfg.num_outputs,
+        device,
+        task=task,
+        confusion=task == "classification",
+        channels_last=channels_last,
+        precision=precision,
     )
     values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
-    matrix = metrics.confusion_matrix()
+    matrix = metrics.confusion_matrix() if task == "classification" else None
 
     record = {
         "checkpoint": str(path),
@@ -80,11 +88,12 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         for tag, value in values.items():
             writer.add_scalar(tag, value, state["epoch"])
-        writer.add_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
+        if matrix is not None:
+            writer.add_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
 
     _print_results(values, matrix, data_cfg.name, cfg.split)
     log.info(f"Results written to {json_path}")
-    log.info(f"TensorBoard (confusion matrix image): tensorboard --logdir {run_dir}")
+    log.info(f"TensorBoard: tensorboard --logdir {run_dir}")
     return record
 
 
@@ -98,23 +107,25 @@ def _data_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
             data_cfg.dataset.root = cfg.data_root
     validate_data_config(OmegaConf.create({"data": data_cfg}))
     ours, theirs = OmegaConf.to_container(data_cfg), OmegaConf.to_container(trained.data)
-    for key in ("input_shape", "num_classes"):
+    for key in ("input_shape", "num_outputs"):
         if ours[key] != theirs[key]:  # type: ignore[index]
             raise UserError(
                 f"data={data_cfg.name} does not fit this checkpoint: its data.{key} is {ours[key]}, "  # type: ignore[index]
                 f"but the model was trained on {trained.data.name} with data.{key}={theirs[key]}. "  # type: ignore[index]
-                f"Evaluate on a dataset with the same input shape and number of classes."
+                f"Evaluate on a dataset with the same input shape and number of outputs."
             )
     return data_cfg
 
 
-def _print_results(values: dict[str, float], matrix: list[list[int]], data_name: str, split: str) -> None:
+def _print_results(values: dict[str, float], matrix: list[list[int]] | None, data_name: str, split: str) -> None:
     table = Table(title=f"{data_name} {split}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in values.items():
         table.add_row(name, f"{value:.4f}")
     show(table)
+    if matrix is None:
+        return
 
     confusion = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
     confusion.add_column("")

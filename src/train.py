@@ -29,6 +29,7 @@ from src.utils.device import resolve_device, set_thread_share
 from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
+from src.utils.summary import model_summary
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,24 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     seed_everything(cfg.seed)
     set_deterministic(cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    data = build_data(cfg.data, device, seed=cfg.seed)
+    data = build_data(
+        cfg.data,
+        device,
+        seed=cfg.seed,
+        stats=state.get("data_stats") if state else None,
+        limit_batches=cfg.trainer.limit_batches,
+        overfit_batches=cfg.trainer.overfit_batches,
+    )
+    if cfg.data.input_shape is None:  # e.g. a CSV's number of feature columns
+        cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
     loss_fn = build("loss", cfg.loss)
     optimizer = build("optimizer", cfg.optimizer, model.parameters())
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
-    num_params = sum(p.numel() for p in model.parameters())
+    show(model_summary(model, data.input_shape, device))
     log.info(
-        f"{type(model).__name__} with {num_params:,} parameters on {device}; "
-        f"{data.train.num_samples} training, {data.val.num_samples if data.val else 0} validation samples "
+        f"{type(model).__name__} on {device}; {data.train.num_samples} training, "
+        f"{data.val.num_samples if data.val else 0} validation samples "
         f"({'in-memory' if data.in_memory else 'DataLoader'} data path)"
     )
 
@@ -77,7 +87,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         scheduler=scheduler,
         data=data,
         cfg=cfg.trainer,
-        num_classes=cfg.data.num_classes,
+        num_outputs=cfg.data.num_outputs,
+        task=cfg.data.task,
         device=device,
         run_dir=run_dir,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
@@ -99,8 +110,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
             model,
             loss_fn,
             data.test,
-            cfg.data.num_classes,
+            cfg.data.num_outputs,
             device,
+            task=cfg.data.task,
             channels_last=trainer.channels_last,
             precision=trainer.precision,
         ).compute()

@@ -51,7 +51,7 @@ def test_value_rejected_by_the_component_names_the_group(tmp_path: Path) -> None
 
 def good_checkpoint(tmp: Path) -> Path:
     """A small checkpoint in this framework's format, written the way the trainer does."""
-    model = MLP(input_shape=[1, 4, 4], num_classes=3, hidden_sizes=[8])
+    model = MLP(input_shape=[1, 4, 4], num_outputs=3, hidden_sizes=[8])
     state = {"format_version": 1, "model": model.state_dict(), "config": "model: {}", "epoch": 1, "step": 5}
     path = tmp / "good.pt"
     save_checkpoint(state, path)
@@ -107,10 +107,10 @@ def test_broken_checkpoint_gets_a_clear_error_and_never_runs_code(tmp_path: Path
 
 def test_weights_that_do_not_fit_name_the_keys_and_shapes(tmp_path: Path) -> None:
     state = load_checkpoint(good_checkpoint(tmp_path))
-    wider = MLP(input_shape=[1, 4, 4], num_classes=3, hidden_sizes=[16])
+    wider = MLP(input_shape=[1, 4, 4], num_outputs=3, hidden_sizes=[16])
     with pytest.raises(UserError, match=r"shape mismatches net\.1\.weight: checkpoint \(8, 16\) vs model \(16, 16\)"):
         load_model_state(wider, state["model"], "good.pt")
-    deeper = MLP(input_shape=[1, 4, 4], num_classes=3, hidden_sizes=[8, 8])
+    deeper = MLP(input_shape=[1, 4, 4], num_outputs=3, hidden_sizes=[8, 8])
     with pytest.raises(UserError, match=r"missing keys net\.7\.weight"):
         load_model_state(deeper, state["model"], "good.pt")
 

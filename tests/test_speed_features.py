@@ -40,7 +40,7 @@ def make_trainer(tmp_path: Path, model: nn.Module, batch_size: int, *overrides: 
         scheduler=None,
         data=DataSplits(train=batches, val=None, test=None, in_memory=True),
         cfg=trainer_cfg(*overrides),
-        num_classes=10,
+        num_outputs=10,
         device=CPU,
         run_dir=tmp_path,
         config_yaml="",

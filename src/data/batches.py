@@ -55,13 +55,14 @@ class InMemoryBatches:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.normalize = normalize
         self.epoch, self.start_batch = 0, 0
+        self.limit: int | None = None  # at most this many batches per epoch (debug runs)
 
     @property
     def num_samples(self) -> int:
         return len(self.targets)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return min(math.ceil(self.num_samples / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -123,13 +124,14 @@ class LoaderBatches:
             generator=self.generator,
         )
         self.start_batch = 0
+        self.limit: int | None = None  # at most this many batches per epoch (debug runs)
 
     @property
     def num_samples(self) -> int:
         return self.sampler.num_samples
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return min(math.ceil(self.num_samples / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
@@ -137,7 +139,9 @@ class LoaderBatches:
         self.generator.manual_seed(self.seed * 100_003 + epoch)  # worker seeds follow (seed, epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for inputs, targets in self.loader:
+        for batch, (inputs, targets) in enumerate(self.loader, start=self.start_batch):
+            if batch >= len(self):
+                break
             inputs = inputs.to(self.device, non_blocking=True)
             yield self.normalize(inputs), targets.to(self.device, non_blocking=True)
 

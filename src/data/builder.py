@@ -37,14 +37,39 @@ class DataSplits:
     val: Batches | None
     test: Batches | None
     in_memory: bool
+    # One input's shape, e.g. (1, 28, 28) or (num_features,).
+    input_shape: tuple[int, ...] = ()
+    # Per-feature mean/std computed on the training split (data.standardize), which a
+    # checkpoint keeps so evaluation normalises exactly as training did.
+    stats: dict[str, list[float]] | None = None
 
 
-def build_data(cfg: DictConfig, device: torch.device, seed: int, splits: tuple[str, ...] = ("train", "val", "test")) -> DataSplits:
-    """Batches for the requested splits; `seed` orders the training batches of each epoch."""
-    train_set = load_dataset(cfg, train=True) if {"train", "val"} & set(splits) else None
+def build_data(
+    cfg: DictConfig,
+    device: torch.device,
+    seed: int,
+    splits: tuple[str, ...] = ("train", "val", "test"),
+    stats: dict[str, list[float]] | None = None,
+    limit_batches: int | None = None,
+    overfit_batches: int = 0,
+) -> DataSplits:
+    """Batches for the requested splits; `seed` orders the training batches of each
+    epoch; `stats` are standardisation statistics saved by an earlier run.
+
+    Debugging: `limit_batches` caps every split's batches per epoch; `overfit_batches`
+    trains on the first N batches of the training set, unshuffled, every epoch, and
+    validates on those same batches.
+    """
+    needs_train = bool({"train", "val"} & set(splits)) or (cfg.get("standardize") and stats is None)
+    train_set = load_dataset(cfg, train=True) if needs_train else None
     test_set = load_dataset(cfg, train=False) if "test" in splits else None
     in_memory = _use_in_memory(cfg, [d for d in (train_set, test_set) if d is not None])
-    normalize = Normalize(cfg.mean, cfg.std, device)
+    train_idx, val_idx = split_indices(len(train_set), cfg.val_split, cfg.split_seed) if train_set is not None else (None, None)
+    if cfg.get("standardize") and stats is None:
+        features = _as_tensors(train_set)[0][train_idx].double()
+        stats = {"mean": features.mean(dim=0).tolist(), "std": features.std(dim=0).clamp_min(1e-8).tolist()}
+    mean, std = (stats["mean"], stats["std"]) if stats else (cfg.mean, cfg.std)
+    normalize = Normalize(mean, std, device)
 
     def batches(dataset: Dataset, indices: torch.Tensor | None, shuffle: bool) -> Batches:
         batch_size = cfg.batch_size if shuffle else cfg.eval_batch_size
@@ -57,15 +82,26 @@ def build_data(cfg: DictConfig, device: torch.device, seed: int, splits: tuple[s
         return LoaderBatches(subset, batch_size, shuffle, seed, cfg.num_workers, device, normalize)
 
     train = val = test = None
-    if train_set is not None:
-        train_idx, val_idx = split_indices(len(train_set), cfg.val_split, cfg.split_seed)
+    if train_set is not None and overfit_batches:
+        few = train_idx[: overfit_batches * cfg.batch_size]
+        train = batches(train_set, few, shuffle=False)
+        val = batches(train_set, few, shuffle=False)
+    elif train_set is not None:
         if "train" in splits:
             train = batches(train_set, train_idx, shuffle=True)
         if "val" in splits and len(val_idx) > 0:
             val = batches(train_set, val_idx, shuffle=False)
     if test_set is not None:
         test = batches(test_set, None, shuffle=False)
-    return DataSplits(train=train, val=val, test=test, in_memory=in_memory)
+    for split in (train, val, test):
+        if split is not None:
+            split.limit = limit_batches
+    any_set = train_set if train_set is not None else test_set
+    if in_memory:
+        input_shape = tuple(_as_tensors(any_set)[0].shape[1:])
+    else:
+        input_shape = tuple(to_image_tensor(any_set[0][0]).shape)
+    return DataSplits(train=train, val=val, test=test, in_memory=in_memory, input_shape=input_shape, stats=stats)
 
 
 def split_indices(num_samples: int, val_split: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +112,10 @@ def split_indices(num_samples: int, val_split: float, split_seed: int) -> tuple[
 
 
 def to_image_tensor(sample: Any) -> torch.Tensor:
-    """PIL image, HWC array or tensor -> CHW tensor, keeping uint8 (normalised per batch)."""
+    """PIL image, HWC array or tensor -> CHW tensor, keeping uint8 (normalised per batch).
+    Feature vectors (1-d tensors, e.g. CSV rows) pass through as they are."""
+    if torch.is_tensor(sample) and sample.ndim == 1:
+        return sample
     # Imported here: torchvision costs ~2 s to import, and runs on synthetic or custom
     # in-memory data never need it.
     from torchvision.transforms.v2.functional import to_image
@@ -90,6 +129,8 @@ def load_dataset(cfg: DictConfig, train: bool) -> Dataset:
         return instantiate(cfg.dataset, train=train)
     except Exception as err:
         cause = err.__cause__ or err
+        if isinstance(cause, UserError):  # a dataset of ours explaining what is wrong
+            raise cause from None
         if not isinstance(cause, (RuntimeError, OSError)):
             raise
         raise UserError(_missing_dataset_message(cfg, cause)) from None
@@ -124,20 +165,18 @@ def _as_tensors(dataset: Any) -> tuple[torch.Tensor, torch.Tensor]:
     data = torch.as_tensor(np.asarray(dataset.data)) if not torch.is_tensor(dataset.data) else dataset.data
     if data.ndim == 3:  # (N, H, W): one channel
         data = data.unsqueeze(1)
-    else:  # (N, H, W, C) like torchvision's CIFAR arrays
+    elif data.ndim == 4:  # (N, H, W, C) like torchvision's CIFAR arrays
         data = data.permute(0, 3, 1, 2)
+    if data.is_floating_point():  # feature rows (N, F): regression or classification targets as they are
+        return data.contiguous(), torch.as_tensor(dataset.targets)
     return data.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
 def _can_hold_in_memory(dataset: Any) -> bool:
     data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
-    return (
-        data is not None
-        and targets is not None
-        and getattr(data, "dtype", None) in (torch.uint8, np.uint8)
-        and getattr(data, "ndim", 0) in (3, 4)
-        and len(data) == len(targets)
-    )
+    images = getattr(data, "dtype", None) in (torch.uint8, np.uint8) and getattr(data, "ndim", 0) in (3, 4)
+    table = torch.is_tensor(data) and data.dtype == torch.float32 and data.ndim == 2
+    return data is not None and targets is not None and (images or table) and len(data) == len(targets)
 
 
 def _use_in_memory(cfg: DictConfig, datasets: list[Any]) -> bool:
@@ -148,8 +187,8 @@ def _use_in_memory(cfg: DictConfig, datasets: list[Any]) -> bool:
     if setting is True:
         if not capable:
             raise UserError(
-                f"data.in_memory=true needs a dataset that exposes uint8 `data` (N, H, W[, C]) and `targets` "
-                f"(like torchvision's MNIST, FashionMNIST, CIFAR10 or the synthetic data); "
+                f"data.in_memory=true needs a dataset that exposes uint8 `data` (N, H, W[, C]) or float32 `data` "
+                f"(N, F) and `targets` (like torchvision's MNIST, FashionMNIST, CIFAR10, the synthetic data or csv); "
                 f"{cfg.dataset._target_} does not. Use data.in_memory=auto or false."
             )
         return True

@@ -19,7 +19,7 @@ class CNN(nn.Module):
     def __init__(
         self,
         input_shape: Sequence[int],
-        num_classes: int,
+        num_outputs: int,
         channels: Sequence[int] = (16, 32),
         hidden_size: int = 128,
         activation: str = "ReLU",
@@ -45,7 +45,7 @@ class CNN(nn.Module):
             nn.Linear(flat, hidden_size),
             make_activation(activation),
             nn.Dropout(dropout),
-            nn.Linear(hidden_size, num_classes),
+            nn.Linear(hidden_size, num_outputs),
         ]
         if log_softmax:
             head.append(nn.LogSoftmax(dim=1))

@@ -10,12 +10,14 @@ from src.models.layers import activation as make_activation
 
 
 class MLP(nn.Module):
-    """Flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear."""
+    """Flatten -> [Linear -> activation -> Dropout] per hidden size -> Linear.
+
+    `num_outputs` is the number of classes, or of regression targets."""
 
     def __init__(
         self,
         input_shape: Sequence[int],
-        num_classes: int,
+        num_outputs: int,
         hidden_sizes: Sequence[int] = (256, 128),
         activation: str = "ReLU",
         dropout: float = 0.0,
@@ -27,7 +29,7 @@ class MLP(nn.Module):
         for size in hidden_sizes:
             layers += [nn.Linear(width, size), make_activation(activation), nn.Dropout(dropout)]
             width = size
-        layers.append(nn.Linear(width, num_classes))
+        layers.append(nn.Linear(width, num_outputs))
         if log_softmax:
             layers.append(nn.LogSoftmax(dim=1))
         self.net = nn.Sequential(*layers)

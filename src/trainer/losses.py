@@ -10,6 +10,8 @@ from torch.nn import functional as F
 def _match_targets(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if not targets.is_floating_point() and outputs.ndim == 2 and targets.ndim == 1:
         return F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+    if targets.shape != outputs.shape and targets.numel() == outputs.numel():
+        targets = targets.view_as(outputs)  # (N,) targets for (N, 1) outputs: never broadcast to (N, N)
     return targets.to(outputs.dtype)
 
 
@@ -19,5 +21,10 @@ class MSELoss(nn.MSELoss):
 
 
 class L1Loss(nn.L1Loss):
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(outputs, _match_targets(outputs, targets))
+
+
+class HuberLoss(nn.HuberLoss):
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return super().forward(outputs, _match_targets(outputs, targets))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 import torch
 
-from src.utils.config import classification_metric_names
+from src.utils.config import metric_names
+
+
+def make_metrics(task: str, num_outputs: int, device: torch.device, *, training: bool = False, confusion: bool = False) -> Metrics:
+    """The metrics of a task: classification (loss, accuracy, top-5) or regression
+    (loss, MSE, MAE, R²). Training batches skip top-5 and the confusion matrix."""
+    if task == "regression":
+        return RegressionMetrics(num_outputs, device)
+    return ClassificationMetrics(num_outputs, device, confusion=confusion and not training, top5=not training)
 
 
 class ClassificationMetrics:
@@ -16,7 +24,7 @@ class ClassificationMetrics:
 
     def __init__(self, num_classes: int, device: torch.device, confusion: bool = False, top5: bool = True) -> None:
         self.num_classes = num_classes
-        self.names = classification_metric_names(num_classes, top5)
+        self.names = metric_names("classification", num_classes, top5)
         self.count = 0
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -65,3 +73,48 @@ class ClassificationMetrics:
     def confusion_matrix(self) -> list[list[int]]:
         assert self.confusion is not None, "created with confusion=False"
         return self.confusion.view(self.num_classes, self.num_classes).tolist()
+
+
+class RegressionMetrics:
+    """Mean loss, mean squared and absolute error, and R² (averaged over the outputs),
+    from running sums on the device."""
+
+    names = metric_names("regression", 1)
+
+    def __init__(self, num_outputs: int, device: torch.device) -> None:
+        self.count = 0
+        zeros = lambda: torch.zeros(num_outputs, dtype=torch.float64, device=device)  # noqa: E731
+        self.loss_sum = torch.zeros((), device=device)
+        # Per output: sum of squared and absolute errors, of targets and of squared targets.
+        self.sums = {"sq_err": zeros(), "abs_err": zeros(), "y": zeros(), "y_sq": zeros()}
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        n = targets.shape[0]
+        self.count += n
+        self.loss_sum.add_(loss.detach(), alpha=n)
+        y = targets.reshape(n, -1).double()
+        error = outputs.detach().reshape(n, -1).double() - y
+        self.sums["sq_err"].add_(error.square().sum(dim=0))
+        self.sums["abs_err"].add_(error.abs().sum(dim=0))
+        self.sums["y"].add_(y.sum(dim=0))
+        self.sums["y_sq"].add_(y.square().sum(dim=0))
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        s = self.sums
+        total = s["y_sq"] - s["y"].square() / n  # sum of squares around the mean, per output
+        r2 = 1 - s["sq_err"] / total.clamp_min(1e-12)
+        values = torch.stack([self.loss_sum.double() / n, s["sq_err"].mean() / n, s["abs_err"].mean() / n, r2.mean()]).tolist()
+        return dict(zip(self.names, values))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "loss_sum": self.loss_sum.cpu(), **{k: v.cpu() for k, v in self.sums.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.loss_sum.device
+        self.count = state["count"]
+        self.loss_sum = state["loss_sum"].to(device)
+        self.sums = {k: state[k].to(device) for k in self.sums}
+
+
+Metrics = Union[ClassificationMetrics, RegressionMetrics]

@@ -46,3 +46,26 @@ def confusion_image(matrix: list[list[int]], cell: int = 24) -> torch.Tensor:
             if count:
                 draw.text((x0 + 2, y0 + 6), str(count) if count < 1000 else f"{count // 1000}k", fill="white" if share > 0.5 else "black")
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1)
+
+
+def image_grid(images: torch.Tensor, columns: int = 8, limit: int = 32) -> torch.Tensor:
+    """Up to `limit` images of a (N, C, H, W) batch side by side, each scaled to [0, 1]."""
+    images = images[:limit].detach().float().cpu()
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    images = (images - low) / (high - low).clamp_min(1e-8)
+    n, c, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.zeros(c, rows * h, columns * w)
+    for i, image in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[:, r * h : (r + 1) * h, col * w : (col + 1) * w] = image
+    return grid
+
+
+def log_histograms(writer: SummaryWriter, model: torch.nn.Module, step: int) -> None:
+    """Histograms of every parameter and of its last gradient."""
+    for name, parameter in model.named_parameters():
+        writer.add_histogram(f"parameters/{name}", parameter.detach().float().cpu(), step)
+        if parameter.grad is not None:
+            writer.add_histogram(f"gradients/{name}", parameter.grad.detach().float().cpu(), step)

@@ -17,9 +17,10 @@ from torch.utils.tensorboard import SummaryWriter
 from src.data.builder import Batches, DataSplits
 from src.trainer.checkpoint import FORMAT_VERSION, load_model_state, save_checkpoint
 from src.trainer.early_stopping import EarlyStopping, is_better
-from src.trainer.metrics import ClassificationMetrics
+from src.trainer.metrics import Metrics, make_metrics
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
+from src.trainer.tensorboard import image_grid, log_histograms
 from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.seed import rng_state, set_rng_state
 
@@ -55,16 +56,17 @@ def evaluate(
     model: nn.Module,
     loss_fn: nn.Module,
     batches: Batches,
-    num_classes: int,
+    num_outputs: int,
     device: torch.device,
     *,
+    task: str = "classification",
     confusion: bool = False,
     channels_last: bool = False,
     precision: str = "32",
-) -> ClassificationMetrics:
+) -> Metrics:
     """Run `model` over every batch once, in eval mode, and return the summed metrics."""
     model.eval()
-    metrics = ClassificationMetrics(num_classes, device, confusion=confusion)
+    metrics = make_metrics(task, num_outputs, device, confusion=confusion)
     batches.set_epoch(0)
     for inputs, targets in batches:
         with autocast(device, precision):
@@ -91,17 +93,19 @@ class Trainer:
         scheduler: Any,
         data: DataSplits,
         cfg: DictConfig,
-        num_classes: int,
+        num_outputs: int,
         device: torch.device,
         run_dir: Path,
         config_yaml: str,
         choices: dict[str, str] | None = None,
+        task: str = "classification",
+        data_stats: dict[str, list[float]] | None = None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
         self.data, self.cfg = data, cfg
-        self.num_classes, self.device = num_classes, device
-        self.config_yaml, self.choices = config_yaml, dict(choices or {})
+        self.task, self.num_outputs, self.device = task, num_outputs, device
+        self.config_yaml, self.choices, self.data_stats = config_yaml, dict(choices or {}), data_stats
         self.monitor, self.mode = cfg.monitor, cfg.mode
         self.channels_last = use_channels_last(model, cfg.channels_last)
         if self.channels_last:
@@ -128,6 +132,7 @@ class Trainer:
         self.stop = StopRequest()
         self.first_step_logged = False
         self.epoch_first_step = 0  # the global step count when the current epoch began
+        self.profiler: torch.profiler.profile | None = None
 
     @property
     def writer(self) -> SummaryWriter:
@@ -144,7 +149,8 @@ class Trainer:
         for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a process killed mid-save
             stale.unlink()
         anomaly = torch.autograd.detect_anomaly() if self.cfg.detect_anomaly else nullcontext()
-        with self.stop, anomaly, make_progress(self.cfg.progress) as progress:
+        self.profiler = self._profiler()
+        with self.stop, anomaly, self.profiler or nullcontext(), make_progress(self.cfg.progress) as progress:
             while self.epoch < self.cfg.epochs and not self.stopped_early:
                 started = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
@@ -154,8 +160,9 @@ class Trainer:
                         self.forward_model,
                         self.loss_fn,
                         self.data.val,
-                        self.num_classes,
+                        self.num_outputs,
                         self.device,
+                        task=self.task,
                         channels_last=self.channels_last,
                         precision=self.precision,
                     )
@@ -168,6 +175,9 @@ class Trainer:
                 self.stopped_early = self.early_stopping.update(metrics[self.monitor])
                 self.history.append({"epoch": self.epoch, **metrics, "lr": lr, "seconds": time.perf_counter() - started})
                 self._log_epoch(improved)
+                every = self.cfg.log_histograms_every_n_epochs
+                if every and self.epoch % every == 0:
+                    log_histograms(self.writer, self.model, self.step)
                 self._save_checkpoints(best=improved)
                 if self.stop.signum is not None:
                     self._stop_for_signal()
@@ -182,7 +192,7 @@ class Trainer:
         """One pass over the training batches (from `batch_in_epoch` when resuming)."""
         progress = progress or NoProgress()
         self.model.train()
-        metrics = ClassificationMetrics(self.num_classes, self.device, top5=False)
+        metrics = make_metrics(self.task, self.num_outputs, self.device, training=True)
         if self.partial_metrics is not None:  # resuming in the middle of this epoch
             metrics.load_state_dict(self.partial_metrics)
         start, self.batch_in_epoch, self.partial_metrics = self.batch_in_epoch, 0, None
@@ -222,9 +232,12 @@ class Trainer:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            if self.profiler is not None:
+                self.profiler.step()
             if not self.first_step_logged:
                 self.first_step_logged = True
                 log.info(f"first optimizer step done; {num_batches} batches per epoch")
+                self._log_inputs(inputs)
             if self.step % log_every == 0:
                 value = self._read_losses(recent, batch)  # the loop's only sync, every N steps
                 self.writer.add_scalar("train/loss", value, self.step)
@@ -239,6 +252,30 @@ class Trainer:
         if recent:
             self._read_losses(recent, len(batches) - 1)
         return {f"train/{k}": v for k, v in metrics.compute().items()}
+
+    def _profiler(self) -> torch.profiler.profile | None:
+        """torch.profiler over a few steps (trainer.profile), traced into tensorboard/."""
+        if not self.cfg.profile:
+            return None
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        trace_dir = self.run_dir / "tensorboard"
+        log.info(f"Profiling optimizer steps 3 to 7; the trace goes to {trace_dir}")
+        return torch.profiler.profile(
+            activities=activities,
+            schedule=torch.profiler.schedule(wait=1, warmup=1, active=5, repeat=1),
+            on_trace_ready=torch.profiler.tensorboard_trace_handler(str(trace_dir)),
+            record_shapes=True,
+        )
+
+    def _log_inputs(self, inputs: torch.Tensor) -> None:
+        """Once per run: an image grid of the first batch and, on request, the graph."""
+        if self.cfg.log_images and inputs.ndim == 4 and inputs.shape[1] in (1, 3):
+            self.writer.add_image("train/first_batch", image_grid(inputs), self.step)
+        if self.cfg.log_graph:
+            with torch.no_grad():
+                self.writer.add_graph(self.model, to_memory_format(inputs[:1], self.channels_last))
 
     def _read_losses(self, recent: list[torch.Tensor], batch: int) -> float:
         """Read the losses of the last batches (`batch` is the newest) back at once:
@@ -341,6 +378,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.config_yaml,
             "choices": self.choices,
+            "data_stats": self.data_stats,
             "history": self.history,
         }
 

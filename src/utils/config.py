@@ -33,8 +33,14 @@ def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], expected: str, 
         raise UserError(f"Invalid value {key}={value!r}: expected {expected}.")
 
 
-def classification_metric_names(num_classes: int, top5: bool = True) -> list[str]:
-    return ["loss", "accuracy"] + (["top5"] if top5 and num_classes > 5 else [])
+TASKS = ("classification", "regression")
+
+
+def metric_names(task: str, num_outputs: int, top5: bool = True) -> list[str]:
+    """The metrics a task reports per split (training leaves top-5 out)."""
+    if task == "regression":
+        return ["loss", "mse", "mae", "r2"]
+    return ["loss", "accuracy"] + (["top5"] if top5 and num_outputs > 5 else [])
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -52,6 +58,9 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "trainer.precision", lambda v: str(v) in ("32", "16-mixed", "bf16-mixed"), "32, 16-mixed or bf16-mixed")
     _check(cfg, "trainer.compile", lambda v: isinstance(v, bool), "true or false")
     _check(cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v, 1), "a positive integer")
+    _check(cfg, "trainer.limit_batches", lambda v: _is_int(v, 1), "a positive integer, or null for all", optional=True)
+    _check(cfg, "trainer.overfit_batches", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables)")
+    _check(cfg, "trainer.log_histograms_every_n_epochs", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables)")
     _check(cfg, "trainer.channels_last", lambda v: v in ("auto", True, False), "auto, true or false")
     _check(cfg, "trainer.mode", lambda v: v in ("min", "max"), "min or max")
     _check(cfg, "trainer.early_stopping.patience", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables early stopping)")
@@ -67,12 +76,24 @@ def validate_data_config(cfg: DictConfig) -> None:
     _check(cfg, "data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0")
     _check(cfg, "data.val_split", lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)")
     _check(cfg, "data.in_memory", lambda v: v in ("auto", True, False), "auto, true or false")
-    _check(cfg, "data.num_classes", lambda v: _is_int(v, 1), "a positive integer")
+    _check(cfg, "data.task", lambda v: v in TASKS, "classification or regression")
+    if cfg.data.task == "classification":
+        _check(cfg, "data.num_classes", lambda v: _is_int(v, 2), "an integer >= 2 (the number of classes)")
+    _check(cfg, "data.num_outputs", lambda v: _is_int(v, 1), "a positive integer (the model's output width)")
+    if cfg.data.task == "classification" and cfg.data.num_outputs != cfg.data.num_classes:
+        raise UserError(
+            f"data.num_outputs={cfg.data.num_outputs} but data.num_classes={cfg.data.num_classes}: a classifier "
+            f"has one output per class (set data.num_outputs=${{data.num_classes}})."
+        )
+    for key in ("path", "target"):
+        if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
+            raise UserError(f"data={cfg.data.name} needs data.{key}=..., e.g. `python train.py data=csv data.path=table.csv data.target=price`.")
     _check(
         cfg,
         "data.input_shape",
         lambda v: isinstance(v, ListConfig) and len(v) > 0 and all(_is_int(x, 1) for x in v),
-        "a list of positive integers, e.g. [1, 28, 28]",
+        "a list of positive integers, e.g. [1, 28, 28], or null to read it from the data",
+        optional=True,
     )
     for key in ("data.mean", "data.std"):
         _check(cfg, key, lambda v: isinstance(v, ListConfig) and all(_is_number(x) for x in v), "a list of numbers, or null", optional=True)
@@ -80,9 +101,9 @@ def validate_data_config(cfg: DictConfig) -> None:
 
 def _check_monitor(cfg: DictConfig) -> None:
     monitor = cfg.trainer.monitor
-    choices = [f"train/{name}" for name in classification_metric_names(cfg.data.num_classes, top5=False)]
+    choices = [f"train/{name}" for name in metric_names(cfg.data.task, cfg.data.num_outputs, top5=False)]
     if cfg.data.val_split > 0:
-        choices += [f"val/{name}" for name in classification_metric_names(cfg.data.num_classes)]
+        choices += [f"val/{name}" for name in metric_names(cfg.data.task, cfg.data.num_outputs)]
     if monitor not in choices:
         why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and cfg.data.val_split == 0 else ""
         raise UserError(f"Invalid value trainer.monitor={monitor!r}{why}: expected one of {', '.join(choices)}.")

@@ -1,0 +1,103 @@
+"""CSV/TSV files as datasets: numeric feature columns in, target column(s) out."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from src.utils.errors import UserError
+
+
+class CSVTable(Dataset):
+    """The rows of a CSV (or TSV) file with a header line.
+
+    Inputs are the `features` columns (all but the targets when null) as float32;
+    targets are one integer class column (classification) or one or more float
+    columns (regression). The file is split into train and test rows by `test_split`
+    with `split_seed`; the validation split is carved out of the train rows later.
+    `data` (N, F) and `targets` hold the rows of the requested split.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        target: str | Sequence[str],
+        features: Sequence[str] | None = None,
+        task: str = "regression",
+        train: bool = True,
+        test_split: float = 0.2,
+        split_seed: int = 0,
+        delimiter: str | None = None,
+    ) -> None:
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"data.path={path!r} is not a file: point it at a CSV or TSV file with a header line.")
+        targets = [target] if isinstance(target, str) else list(target)
+        with open(file, newline="", encoding="utf-8") as f:
+            if delimiter is None:
+                delimiter = "\t" if file.suffix.lower() in (".tsv", ".tab") else ","
+            rows = list(csv.reader(f, delimiter=delimiter))
+        if len(rows) < 2:
+            raise UserError(f"{path} has no data rows: expected a header line and at least one row.")
+        header = [name.strip() for name in rows[0]]
+        missing = [name for name in [*targets, *(features or [])] if name not in header]
+        if missing:
+            raise UserError(f"{path} has no column(s) {', '.join(map(repr, missing))}; its columns are: {', '.join(header)}.")
+        features = list(features) if features else [name for name in header if name not in targets]
+        if not features:
+            raise UserError(f"{path}: no feature columns are left besides the target(s) {targets}.")
+        if task == "classification" and len(targets) != 1:
+            raise UserError(f"A classification target is one column of class indices; got data.target={targets}.")
+
+        columns = {name: header.index(name) for name in header}
+        x = _numeric(rows, [columns[n] for n in features], features, path)
+        y = _numeric(rows, [columns[n] for n in targets], targets, path)
+        if task == "classification":
+            if not torch.equal(y, y.round()) or (y < 0).any():
+                raise UserError(f"{path}: the class column {targets[0]!r} must hold integer class indices 0, 1, 2, ...")
+            y = y[:, 0].long()
+        elif len(targets) == 1:
+            y = y[:, 0]
+
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
+        num_test = int(round(len(x) * test_split))
+        rows_of_split = order[num_test:] if train else order[:num_test]
+        if len(rows_of_split) == 0:
+            raise UserError(f"{path}: the {'train' if train else 'test'} split is empty ({len(x)} rows, test_split={test_split}).")
+        self.data, self.targets = x[rows_of_split], y[rows_of_split]
+        self.feature_names, self.target_names = features, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data[index], self.targets[index]
+
+
+def _numeric(rows: list[list[str]], indices: list[int], names: list[str], path: str) -> torch.Tensor:
+    values = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        cells = [row[i] if i < len(row) else "" for i in indices]
+        try:
+            values.append([float(cell) for cell in cells])
+        except ValueError:
+            name, cell = next((n, c) for n, c in zip(names, cells) if not _is_number(c))
+            raise UserError(
+                f"{path}, line {line}: column {name!r} holds {cell!r}, which is not a number. "
+                f"Every feature and target column must be numeric (list the usable ones in data.features)."
+            ) from None
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

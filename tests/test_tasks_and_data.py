@@ -1,0 +1,85 @@
+"""Regression on a CSV, bad tables, and the debug presets, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FAST, run_cli, run_dirs
+from src.data.tabular import CSVTable
+from src.utils.errors import UserError
+
+
+def write_linear_csv(path: Path, rows: int = 400) -> Path:
+    """price = 2a - 3b + 0.5c + 1 + a little noise."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 3))
+    y = 2 * x[:, 0] - 3 * x[:, 1] + 0.5 * x[:, 2] + 1 + 0.1 * rng.normal(size=rows)
+    lines = ["a,b,c,price"] + [f"{a:.5f},{b:.5f},{c:.5f},{t:.5f}" for (a, b, c), t in zip(x, y)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_linear_regressor_fits_a_csv_and_evaluates_with_saved_standardisation(tmp_path: Path) -> None:
+    table = write_linear_csv(tmp_path / "houses.csv")
+    result = run_cli(
+        "train.py", "data=csv", f"data.path={table}", "data.target=price", "model=linear", "loss=mse",
+        "optimizer.lr=0.05", "trainer.epochs=25", *FAST, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "accuracy" not in result.stdout, "a regression run reports no accuracy"
+    (run_dir,) = run_dirs(tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"test/loss", "test/mse", "test/mae", "test/r2"}
+    assert metrics["test"]["test/r2"] > 0.95
+
+    result = run_cli("test.py", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run_dir / "checkpoints" / "best.test.json").read_text())
+    assert record["metrics"]["test/r2"] == pytest.approx(metrics["test"]["test/r2"])
+    assert record["confusion_matrix"] is None
+
+
+def test_bad_tables_are_explained(tmp_path: Path) -> None:
+    good = write_linear_csv(tmp_path / "good.csv", rows=20)
+    with pytest.raises(UserError, match="is not a file"):
+        CSVTable(str(tmp_path / "missing.csv"), target="price")
+    with pytest.raises(UserError, match="no column\\(s\\) 'prize'; its columns are: a, b, c, price"):
+        CSVTable(str(good), target="prize")
+    broken = tmp_path / "broken.csv"
+    broken.write_text("a,b,price\n1,2,3\n4,five,6\n")
+    with pytest.raises(UserError, match="line 3: column 'b' holds 'five', which is not a number"):
+        CSVTable(str(broken), target="price")
+    with pytest.raises(UserError, match="integer class indices"):
+        CSVTable(str(good), target="price", task="classification")
+
+
+def test_csv_errors_reach_the_cli_as_one_paragraph(tmp_path: Path) -> None:
+    result = run_cli("train.py", "data=csv", *FAST, cwd=tmp_path)
+    assert result.returncode == 2 and "data=csv needs data.path=" in result.stderr
+    table = write_linear_csv(tmp_path / "t.csv", rows=20)
+    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=prize", *FAST, cwd=tmp_path)
+    assert result.returncode == 2 and "no column(s) 'prize'" in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def test_debug_overfit_drives_the_loss_to_zero(tmp_path: Path) -> None:
+    result = run_cli("train.py", "data=synthetic", "debug=overfit", "trainer.epochs=40", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert run_dir.parent.name == "debug-overfit"
+    final = json.loads((run_dir / "metrics.json").read_text())["final"]
+    assert final["train/loss"] < 0.05 and final["train/accuracy"] == 1.0
+
+
+def test_debug_fast_and_profile_runs(tmp_path: Path) -> None:
+    result = run_cli("train.py", "data=synthetic", "model=cnn", "debug=fast", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "3 batches per epoch" in result.stdout and "Model: CNN" in result.stdout
+    result = run_cli("train.py", "data=synthetic", "debug=profile", *FAST, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (profile_run,) = (tmp_path / "saved" / "runs" / "debug-profile").iterdir()
+    assert list((profile_run / "tensorboard").glob("*.pt.trace.json")), "the profiler trace is in the run folder"
