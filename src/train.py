@@ -71,7 +71,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
     loss_fn = build("loss", cfg.loss)
-    optimizer = build("optimizer", cfg.optimizer, model.parameters())
+    optimizer = build("optimizer", cfg.optimizer, parameter_groups(model))
+    for group in optimizer.param_groups:  # e.g. a pretrained backbone learning slower than its head
+        group["lr"] *= group.pop("lr_scale", 1.0)
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
     show(model_summary(model, data.input_shape, device))
     log.info(
@@ -140,6 +142,15 @@ def _group_choices(state: dict[str, Any] | None) -> dict[str, str]:
     return {group: str(choice) for group, choice in choices.items() if not group.startswith("hydra")}
 
 
+def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """What the optimizer trains: the model's own groups when it defines them (a
+    pretrained backbone and its new head), else every trainable parameter; frozen
+    parameters get no optimizer state."""
+    if hasattr(model, "parameter_groups"):
+        return model.parameter_groups()
+    return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+
 def build(group: str, node: DictConfig, *call_args: Any) -> Any:
     """`instantiate(node)`, called with `call_args` for `_partial_` configs; failures
     become a UserError naming the config group."""
@@ -148,6 +159,8 @@ def build(group: str, node: DictConfig, *call_args: Any) -> Any:
         return obj(*call_args) if call_args else obj
     except Exception as err:
         cause = err.__cause__ or err
+        if isinstance(cause, UserError):  # already says what is wrong
+            raise cause from None
         reason = one_line(cause)
         raise UserError(
             f"Could not build the {group} from its config (_target_={node.get('_target_')}): "
