@@ -25,7 +25,7 @@ def compose_train(*overrides: str):
 
 
 # Dataset options that need values from the user (a CSV's path; its width is read from the file).
-REQUIRED = {"csv": ["data.path=table.csv", "data.input_shape=[5]"]}
+REQUIRED = {"csv": ["data.path=table.csv", "data.input_shape=[5]"], "image_folder": ["data.root=photos", "data.num_classes=2"]}
 
 
 @pytest.mark.parametrize("data", choices("data"))

@@ -59,7 +59,7 @@ def test_bad_tables_are_explained(tmp_path: Path) -> None:
 
 def test_csv_errors_reach_the_cli_as_one_paragraph(tmp_path: Path) -> None:
     result = run_cli("train.py", "data=csv", *FAST, cwd=tmp_path)
-    assert result.returncode == 2 and "data=csv needs data.path=" in result.stderr
+    assert result.returncode == 2 and "data=csv needs data.path=..." in result.stderr
     table = write_linear_csv(tmp_path / "t.csv", rows=20)
     result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=prize", *FAST, cwd=tmp_path)
     assert result.returncode == 2 and "no column(s) 'prize'" in result.stderr and "Traceback" not in result.stderr
@@ -83,3 +83,61 @@ def test_debug_fast_and_profile_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (profile_run,) = (tmp_path / "saved" / "runs" / "debug-profile").iterdir()
     assert list((profile_run / "tensorboard").glob("*.pt.trace.json")), "the profiler trace is in the run folder"
+
+
+def write_image_folder(root: Path, per_class: int = 40) -> Path:
+    """Two easily told apart classes of 24x24 PNGs (dark and bright), and one broken file."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, level in (("dark", 40), ("bright", 210)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(level + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    (root / "dark" / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+def test_cnn_learns_an_image_folder_and_skips_a_broken_image(tmp_path: Path) -> None:
+    photos = write_image_folder(tmp_path / "photos")
+    result = run_cli(
+        "train.py", "data=image_folder", f"data.root={photos}", "data.num_classes=2", "model=cnn",
+        "data.num_workers=0", "data.batch_size=16", "trainer.epochs=3", *FAST, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Skipping 1 unreadable image(s)" in result.stdout and "DataLoader data path" in result.stdout
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "metrics.json").read_text())["test"]["test/accuracy"] >= 0.9
+
+
+def test_bad_image_folders_are_explained(tmp_path: Path) -> None:
+    from src.data.image_folder import ImageFolderSplit
+
+    photos = write_image_folder(tmp_path / "photos", per_class=3)
+    with pytest.raises(UserError, match="cannot be read, e.g. .*broken.png"):
+        ImageFolderSplit(str(photos), skip_unreadable=False)
+    (photos / "empty").mkdir()
+    with pytest.raises(UserError, match="Class folder\\(s\\) empty in .* hold no images"):
+        ImageFolderSplit(str(photos))
+    with pytest.raises(UserError, match="is not a folder"):
+        ImageFolderSplit(str(tmp_path / "nowhere"))
+
+
+def test_in_memory_augmentation_repeats_exactly_for_a_resumed_epoch() -> None:
+    import torch
+
+    from src.data.batches import BatchAugment, InMemoryBatches, Normalize
+
+    images = torch.randint(0, 256, (40, 3, 8, 8), dtype=torch.uint8)
+    batches = InMemoryBatches(
+        images, torch.arange(40), 8, True, 0, Normalize(None, None, torch.device("cpu")), BatchAugment(2, True)
+    )
+    batches.set_epoch(3)
+    full = [x for x, _ in batches]
+    batches.set_epoch(3, start_batch=2)
+    resumed = [x for x, _ in batches]
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed)) and len(resumed) == 3
+    batches.set_epoch(4)
+    assert not torch.equal(full[0], next(iter(batches))[0]), "another epoch, other crops and flips"

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
@@ -39,8 +40,37 @@ class Normalize:
         return x
 
 
+class BatchAugment:
+    """Random crops (of the zero-padded image) and horizontal flips of a whole uint8
+    batch on the device: the in-memory path's augmentation."""
+
+    def __init__(self, crop_padding: int = 0, horizontal_flip: bool = False) -> None:
+        self.padding, self.flip = crop_padding, horizontal_flip
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        device = x.device
+        if self.flip:
+            flipped = torch.rand(n, generator=generator, device=device) < 0.5
+            x = torch.where(flipped.view(n, 1, 1, 1), x.flip(3), x)
+        if self.padding:
+            p = self.padding
+            padded = F.pad(x, (p, p, p, p))
+            top = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=device)
+            left = torch.randint(0, 2 * p + 1, (n, 1), generator=generator, device=device)
+            rows = (top + torch.arange(h, device=device)).view(n, 1, h, 1)
+            cols = (left + torch.arange(w, device=device)).view(n, 1, 1, w)
+            channels = torch.arange(x.shape[1], device=device).view(1, -1, 1, 1)
+            x = padded[torch.arange(n, device=device).view(n, 1, 1, 1), channels, rows, cols]
+        return x
+
+
 class InMemoryBatches:
-    """Batches sliced from tensors that already live on the training device."""
+    """Batches sliced from tensors that already live on the training device.
+
+    With `augment`, each batch is augmented on the device with random numbers drawn
+    from a generator seeded by (seed, epoch, batch): a resumed epoch repeats them.
+    """
 
     def __init__(
         self,
@@ -50,10 +80,12 @@ class InMemoryBatches:
         shuffle: bool,
         seed: int,
         normalize: Normalize,
+        augment: BatchAugment | None = None,
     ) -> None:
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.normalize = normalize
+        self.normalize, self.augment = normalize, augment
+        self.generator = torch.Generator(device=targets.device) if augment else None
         self.epoch, self.start_batch = 0, 0
         self.limit: int | None = None  # at most this many batches per epoch (debug runs)
 
@@ -74,7 +106,11 @@ class InMemoryBatches:
         for i in range(self.start_batch, len(self)):
             rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
             index = rows if order is None else order[rows]
-            yield self.normalize(self.inputs[index]), self.targets[index]
+            inputs = self.inputs[index]
+            if self.augment is not None and self.generator is not None:
+                self.generator.manual_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + i)
+                inputs = self.augment(inputs, self.generator)
+            yield self.normalize(inputs), self.targets[index]
 
 
 class EpochSampler(Sampler[int]):

@@ -20,7 +20,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from src.data.batches import InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
+from src.data.batches import BatchAugment, InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
 from src.utils.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,20 @@ def build_data(
         stats = {"mean": features.mean(dim=0).tolist(), "std": features.std(dim=0).clamp_min(1e-8).tolist()}
     mean, std = (stats["mean"], stats["std"]) if stats else (cfg.mean, cfg.std)
     normalize = Normalize(mean, std, device)
+    augment = BatchAugment(**cfg.augment) if cfg.get("augment") else None
 
     def batches(dataset: Dataset, indices: torch.Tensor | None, shuffle: bool) -> Batches:
+        """Training batches (shuffled, augmented) or evaluation batches of `dataset`."""
         batch_size = cfg.batch_size if shuffle else cfg.eval_batch_size
         if in_memory:
             inputs, targets = _as_tensors(dataset)
             if indices is not None:
                 inputs, targets = inputs[indices], targets[indices]
-            return InMemoryBatches(inputs.to(device), targets.to(device), batch_size, shuffle, seed, normalize)
-        subset = TransformedSubset(dataset, None if indices is None else indices.tolist(), to_image_tensor)
+            return InMemoryBatches(
+                inputs.to(device), targets.to(device), batch_size, shuffle, seed, normalize, augment if shuffle else None
+            )
+        transform = sample_transform(cfg, "train" if shuffle else "eval")
+        subset = TransformedSubset(dataset, None if indices is None else indices.tolist(), transform)
         return LoaderBatches(subset, batch_size, shuffle, seed, cfg.num_workers, device, normalize)
 
     train = val = test = None
@@ -100,7 +105,7 @@ def build_data(
     if in_memory:
         input_shape = tuple(_as_tensors(any_set)[0].shape[1:])
     else:
-        input_shape = tuple(to_image_tensor(any_set[0][0]).shape)
+        input_shape = tuple(sample_transform(cfg, "eval")(any_set[0][0]).shape)
     return DataSplits(train=train, val=val, test=test, in_memory=in_memory, input_shape=input_shape, stats=stats)
 
 
@@ -109,6 +114,18 @@ def split_indices(num_samples: int, val_split: float, split_seed: int) -> tuple[
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(split_seed))
     num_val = int(round(num_samples * val_split))
     return order[num_val:], order[:num_val]
+
+
+def sample_transform(cfg: DictConfig, split: str) -> Any:
+    """The DataLoader path's per-sample transform: `data.transforms.<split>` (a list of
+    torchvision v2 transforms by `_target_`), then conversion to a uint8 CHW tensor.
+    Normalisation is not in it: batches are normalised on the device."""
+    steps = [instantiate(step) for step in (cfg.get("transforms") or {}).get(split) or []]
+    if not steps:
+        return to_image_tensor
+    from torchvision.transforms import v2
+
+    return v2.Compose([*steps, to_image_tensor])
 
 
 def to_image_tensor(sample: Any) -> torch.Tensor:

@@ -85,9 +85,9 @@ def validate_data_config(cfg: DictConfig) -> None:
             f"data.num_outputs={cfg.data.num_outputs} but data.num_classes={cfg.data.num_classes}: a classifier "
             f"has one output per class (set data.num_outputs=${{data.num_classes}})."
         )
-    for key in ("path", "target"):
+    for key in ("path", "target", "root", "num_classes"):
         if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
-            raise UserError(f"data={cfg.data.name} needs data.{key}=..., e.g. `python train.py data=csv data.path=table.csv data.target=price`.")
+            raise UserError(f"data={cfg.data.name} needs data.{key}=... on the command line (see configs/data/{cfg.data.name}.yaml).")
     _check(
         cfg,
         "data.input_shape",

@@ -1,0 +1,77 @@
+"""Your own images, laid out as `root/<class>/<image>` (torchvision's ImageFolder)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from src.utils.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class ImageFolderSplit(Dataset):
+    """The train or test images of a folder of class folders.
+
+    With `root/train/` and `root/test/` sub-folders those are the splits; otherwise
+    the images of `root/<class>/` are split by `test_split` with `split_seed` (the
+    validation split is carved out of the train images later). Images that cannot be
+    read are skipped with a warning that counts them, or fail the run when
+    `skip_unreadable` is false. Samples are (PIL image, class index).
+    """
+
+    def __init__(self, root: str, train: bool = True, test_split: float = 0.2, split_seed: int = 0, skip_unreadable: bool = True) -> None:
+        from torchvision.datasets import ImageFolder
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        base = Path(root)
+        if not base.is_dir():
+            raise UserError(f"data.root={root!r} is not a folder: expected {root}/<class>/<image> (or train/ and test/ inside).")
+        presplit = (base / "train").is_dir() and (base / "test").is_dir()
+        folder = base / ("train" if train else "test") if presplit else base
+        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if not classes:
+            raise UserError(f"{folder} has no class folders: expected {folder}/<class>/<image>.")
+        empty = [c for c in classes if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (folder / c).rglob("*"))]
+        if empty:
+            raise UserError(f"Class folder(s) {', '.join(empty)} in {folder} hold no images ({', '.join(IMG_EXTENSIONS)}).")
+        self.images = ImageFolder(str(folder))
+        self.classes = self.images.classes
+
+        readable, bad = [], []
+        for index, (path, _) in enumerate(self.images.samples):
+            (readable if _readable(path) else bad).append(index)
+        if bad and not skip_unreadable:
+            raise UserError(
+                f"{len(bad)} image(s) in {folder} cannot be read, e.g. {self.images.samples[bad[0]][0]}. "
+                f"Remove them, or set data.dataset.skip_unreadable=true to skip them."
+            )
+        if bad:
+            log.warning(f"Skipping {len(bad)} unreadable image(s) in {folder}, e.g. {self.images.samples[bad[0]][0]}")
+        indices = torch.tensor(readable)
+        if not presplit:
+            order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(split_seed))]
+            num_test = int(round(len(order) * test_split))
+            indices = order[num_test:] if train else order[:num_test]
+        self.indices = indices.tolist()
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.images[self.indices[i]]
+
+
+def _readable(path: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception:  # noqa: BLE001 - PIL raises many kinds for broken files
+        return False
+    return True
