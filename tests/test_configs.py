@@ -31,7 +31,7 @@ REQUIRED = {"csv": ["data.path=table.csv", "data.input_shape=[5]"], "image_folde
 @pytest.mark.parametrize("data", choices("data"))
 @pytest.mark.parametrize("model", choices("model"))
 def test_every_model_fits_every_dataset_shape(data: str, model: str) -> None:
-    if model == "cnn" and data == "csv":
+    if data == "csv" and model not in ("mlp", "linear"):
         pytest.skip("a convnet needs images, not rows of features")
     cfg = compose_train(f"data={data}", f"model={model}", *REQUIRED.get(data, []))
     net = instantiate(cfg.model)
@@ -68,7 +68,9 @@ def test_every_optimizer_and_scheduler_builds(optimizer: str, scheduler: str) ->
 def test_every_experiment_composes_and_builds(experiment: str) -> None:
     cfg = compose_train(f"experiment={experiment}")
     assert cfg.name.startswith(experiment) and cfg.trainer.monitor.startswith("val/")
-    net = instantiate(cfg.model)
+    if "weights" in cfg.model:  # pretrained weights would be downloaded: build the same net without them
+        cfg.model.weights = None
+    net = instantiate(cfg.model).eval()
     assert net(torch.zeros(1, *cfg.data.input_shape)).shape == (1, cfg.data.num_outputs)
 
 

@@ -76,9 +76,18 @@ def test_debug_overfit_drives_the_loss_to_zero(tmp_path: Path) -> None:
 
 
 def test_debug_fast_and_profile_runs(tmp_path: Path) -> None:
-    result = run_cli("train.py", "data=synthetic", "model=cnn", "debug=fast", *FAST, cwd=tmp_path)
+    extras = ["trainer.log_graph=true", "trainer.log_histograms_every_n_epochs=1"]
+    result = run_cli("train.py", "data=synthetic", "model=cnn", "debug=fast", *extras, *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "3 batches per epoch" in result.stdout and "Model: CNN" in result.stdout
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (fast_run,) = (tmp_path / "saved" / "runs" / "debug-fast").iterdir()
+    events = EventAccumulator(str(fast_run / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "train/first_batch" in tags["images"] and tags["graph"]
+    assert "parameters/features.0.weight" in tags["histograms"] and "gradients/features.0.weight" in tags["histograms"]
     result = run_cli("train.py", "data=synthetic", "debug=profile", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (profile_run,) = (tmp_path / "saved" / "runs" / "debug-profile").iterdir()

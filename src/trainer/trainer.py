@@ -175,9 +175,6 @@ class Trainer:
                 self.stopped_early = self.early_stopping.update(metrics[self.monitor])
                 self.history.append({"epoch": self.epoch, **metrics, "lr": lr, "seconds": time.perf_counter() - started})
                 self._log_epoch(improved)
-                every = self.cfg.log_histograms_every_n_epochs
-                if every and self.epoch % every == 0:
-                    log_histograms(self.writer, self.model, self.step)
                 self._save_checkpoints(best=improved)
                 if self.stop.signum is not None:
                     self._stop_for_signal()
@@ -208,6 +205,8 @@ class Trainer:
         clip, accumulate = float(self.cfg.gradient_clip_val), int(self.cfg.accumulate_grad_batches)
         log_every, num_batches = int(self.cfg.log_every_n_steps), len(batches)
         scaling = self.scaler.is_enabled()
+        every = int(self.cfg.log_histograms_every_n_epochs)
+        histograms_due = every > 0 and (self.epoch + 1) % every == 0
         progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start)
         for batch, (inputs, targets) in enumerate(batches, start=start):
             with autocast(self.device, self.precision):
@@ -230,6 +229,8 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            if histograms_due and batch + 1 == num_batches:  # the epoch's last gradients, before they are cleared
+                log_histograms(self.writer, self.model, self.step + 1)
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             if self.profiler is not None:
