@@ -23,7 +23,7 @@ from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.tensorboard import confusion_image
 from src.trainer.trainer import evaluate, use_channels_last
 from src.utils.config import validate_data_config
-from src.utils.console import close_logging, setup_logging, show
+from src.utils.console import logging_to, show
 from src.utils.device import resolve_device
 from src.utils.errors import UserError
 from src.utils.io import atomic_write_json
@@ -34,11 +34,8 @@ log = logging.getLogger(__name__)
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate `cfg.checkpoint` on `cfg.split`; returns the JSON record it writes."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    setup_logging(run_dir / "test.log")
-    try:
+    with logging_to(run_dir / "test.log"):
         return _evaluate(cfg, run_dir)
-    finally:
-        close_logging()
 
 
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from src.trainer.tensorboard import log_hparams
 from src.trainer.trainer import Trainer, evaluate
 from src.trainer.resume import changed_optimizer_values, resumed_config
 from src.utils.config import config_tree, flatten, validate_train_config
-from src.utils.console import close_logging, setup_logging, show
+from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
 from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write_json
@@ -37,11 +37,8 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> float:
     """Train, validate and test one run; returns the best value of `trainer.monitor`."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    setup_logging(run_dir / "train.log")
-    try:
+    with logging_to(run_dir / "train.log"):
         return _train(cfg, run_dir)
-    finally:
-        close_logging()
 
 
 def _train(cfg: DictConfig, run_dir: Path) -> float:

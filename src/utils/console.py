@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -46,6 +48,16 @@ def setup_logging(log_file: Path | None) -> None:
         _log_file = log_file
     for handler in _handlers:
         root.addHandler(handler)
+
+
+@contextmanager
+def logging_to(log_file: Path) -> Iterator[None]:
+    """`setup_logging(log_file)` for the duration of a run, then detach the handlers."""
+    setup_logging(log_file)
+    try:
+        yield
+    finally:
+        close_logging()
 
 
 def close_logging() -> None:
