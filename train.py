@@ -9,6 +9,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from src.utils.config import app_help, register_resolvers, validate_train_config, wants_app_help
+from src.utils.distributed import destroy_process_group, init_process_group, launched_by_torchrun
 from src.utils.errors import exit_on_user_error
 
 register_resolvers()  # used by configs/hydra/default.yaml to name and place run folders
@@ -29,16 +30,18 @@ def main(cfg: DictConfig) -> float:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         from src.utils.sweep import finished_job_metric, run_sweep_job
 
-        if cfg.sweep.resume:  # re-running a sweep: skip finished jobs, resume the others
-            done = finished_job_metric(run_dir)
-            if done is not None:
-                print(f"job {run_dir.name} already finished (best {done:.4f}); skipping")
-                return done
-            if (run_dir / "checkpoints" / "last.pt").is_file():
-                with open_dict(cfg):
-                    cfg.resume = str(run_dir / "checkpoints" / "last.pt")
+        done = finished_job_metric(run_dir) if cfg.sweep.resume else None
+        if done is not None:  # re-running a sweep: finished jobs are skipped
+            print(f"job {run_dir.name} already finished (best {done:.4f}); skipping")
+            return done
+        # A job started again in its own folder (sweep.resume, or SLURM requeueing a
+        # preempted job) continues from its last checkpoint.
+        if (run_dir / "checkpoints" / "last.pt").is_file():
+            with open_dict(cfg):
+                cfg.resume = str(run_dir / "checkpoints" / "last.pt")
         return run_sweep_job(lambda: run(cfg), run_dir, list(hydra_cfg.overrides.task))
-    with exit_on_user_error(run_dir, run_dir / hydra_cfg.output_subdir):
+    hydra_dir = run_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
+    with exit_on_user_error(run_dir, hydra_dir):
         return run(cfg)
 
 
@@ -47,4 +50,10 @@ if __name__ == "__main__":
         overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
         print(app_help("train.py", "train", overrides, "model=cnn data=mnist optimizer.lr=3e-4 trainer.epochs=5"))
         sys.exit(0)
-    main()
+    if launched_by_torchrun():
+        # Before Hydra: rank 0 names the run folder and the other ranks must hear it.
+        init_process_group()
+    try:
+        main()
+    finally:
+        destroy_process_group()

@@ -23,6 +23,7 @@ from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.tensorboard import log_hparams
 from src.trainer.trainer import Trainer, evaluate
 from src.trainer.resume import changed_optimizer_values, resumed_config
+from src.utils import distributed
 from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
@@ -53,7 +54,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         within = f", batch {state['batch_in_epoch']} of epoch {state['epoch'] + 1}" if state["batch_in_epoch"] else ""
         log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
     show(config_tree(cfg))
-    seed_everything(cfg.seed)
+    # Each torchrun rank draws its own random numbers (dropout, say); DDP starts every
+    # rank from rank 0's initial weights.
+    seed_everything(cfg.seed + distributed.rank())
     set_deterministic(cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
     data = build_data(
@@ -73,10 +76,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         group["lr"] *= group.pop("lr_scale", 1.0)
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
     show(model_summary(model, data.input_shape, device))
+    ranks = distributed.rank_and_world_size()[1]
+    ddp = f"; DDP over {ranks} processes, {cfg.data.batch_size} samples per process and step" if distributed.is_distributed() else ""
     log.info(
         f"{type(model).__name__} on {device}; {data.train.num_samples} training, "
         f"{data.val.num_samples if data.val else 0} validation samples "
         f"({'in-memory' if data.in_memory else 'DataLoader'} data path)"
+        f"{ddp}"
     )
 
     trainer = Trainer(
@@ -103,6 +109,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                     if key == "lr" and "initial_lr" in group:  # what schedulers scale from
                         group["initial_lr"] = value
         trainer.fit()
+        distributed.barrier()  # rank 0 has written best.pt
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         test = evaluate(
@@ -116,19 +123,25 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
             precision=trainer.precision,
         ).compute()
         test = {f"test/{k}": v for k, v in test.items()}
-        for tag, value in test.items():
-            trainer.writer.add_scalar(tag, value, trainer.step)
-        results = _results(trainer, test, run_dir)
-        results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=time.time() - started)
-        atomic_write_json(run_dir / "metrics.json", results)
-        hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
-        summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
-        summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})
-        log_hparams(trainer.writer, hparams, summary, trainer.step)
+        if distributed.is_rank_zero():
+            _write_results(cfg, trainer, test, run_dir, time.time() - started)
     finally:
         trainer.close()
     _print_summary(trainer, test, run_dir)
     return float(trainer.best_metric)
+
+
+def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], run_dir: Path, seconds: float) -> None:
+    """metrics.json, and the test metrics and hyperparameters in TensorBoard."""
+    for tag, value in test.items():
+        trainer.writer.add_scalar(tag, value, trainer.step)
+    results = _results(trainer, test, run_dir)
+    results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=seconds)
+    atomic_write_json(run_dir / "metrics.json", results)
+    hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
+    summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
+    summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})
+    log_hparams(trainer.writer, hparams, summary, trainer.step)
 
 
 def _group_choices(state: dict[str, Any] | None) -> dict[str, str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,25 @@ def make_mnist_like(root: Path, folder: str = "FashionMNIST", train: int = 600, 
 @pytest.fixture(scope="session")
 def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_mnist_like(tmp_path_factory.mktemp("datasets"))
+
+
+def load(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    """Two last.pt files hold bitwise-identical weights, optimizer state and metrics."""
+    sa, sb = load(a), load(b)
+    assert sa["model"].keys() == sb["model"].keys()
+    for key in sa["model"]:
+        assert torch.equal(sa["model"][key], sb["model"][key]), key
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        for key in pa:
+            assert torch.equal(pa[key], pb[key]), key
+    assert sa["scheduler"] == sb["scheduler"]
+    assert sa["step"] == sb["step"] and sa["epoch"] == sb["epoch"]
+    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    assert strip(sa["history"]) == strip(sb["history"])
 
 
 def start_cli(script: str, *overrides: str, cwd: Path) -> subprocess.Popen:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import FAST, run_cli, run_dirs, start_cli, wait_for_line
+from conftest import FAST, REPO, assert_same_training, load, run_cli, run_dirs, start_cli, wait_for_line
 
 # 3200 training images in batches of 16: 200 steps per epoch, long enough to be
 # interrupted in the middle. The cnn has batch norm and dropout: state and randomness.
@@ -25,25 +27,6 @@ RUN = [
     "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5", "trainer.deterministic=true", *FAST,
 ]
 EPOCHS = 3
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, weights_only=True)
-
-
-def assert_same_training(a: Path, b: Path) -> None:
-    """Two last.pt files hold bitwise-identical weights, optimizer state and metrics."""
-    sa, sb = load(a), load(b)
-    assert sa["model"].keys() == sb["model"].keys()
-    for key in sa["model"]:
-        assert torch.equal(sa["model"][key], sb["model"][key]), key
-    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
-        for key in pa:
-            assert torch.equal(pa[key], pb[key]), key
-    assert sa["scheduler"] == sb["scheduler"]
-    assert sa["step"] == sb["step"] and sa["epoch"] == sb["epoch"]
-    strip = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
-    assert strip(sa["history"]) == strip(sb["history"])
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +75,24 @@ def test_signal_mid_epoch_saves_and_resumes_exactly(
     result = run_cli("train.py", f"resume={last}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert_same_training(uninterrupted / "checkpoints" / "last.pt", last)
+
+
+def test_a_second_ctrl_c_quits_at_once_and_a_repeated_sigterm_is_ignored() -> None:
+    # Schedulers and torchrun may deliver one SIGTERM twice; only Ctrl-C twice means "now".
+    script = (
+        "import os, signal, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from src.trainer.signals import StopRequest\n"
+        "with StopRequest() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print('alive after two SIGTERMs:', stop.name, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    print('not reached', flush=True)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 130
+    assert "alive after two SIGTERMs: SIGTERM" in result.stdout and "not reached" not in result.stdout
 
 
 def test_resume_from_an_earlier_checkpoint_purges_later_tensorboard_events(tmp_path: Path, uninterrupted: Path) -> None:

@@ -5,6 +5,11 @@ normalises them there: no workers, no PIL, no per-sample collation. `LoaderBatch
 wraps a DataLoader over any map-style Dataset. Both draw the epoch's order from the
 same seeded permutation, so for the same data they yield the same batches, and a
 mid-epoch resume only needs the epoch and the batch index.
+
+Under torchrun each rank takes its own share of that order (`shard`): the training
+shares are padded to equal length, as torch's DistributedSampler pads them, so every
+rank runs the same number of steps; evaluation shares are not, so every sample is
+counted exactly once when the ranks' metric sums are added up.
 """
 
 from __future__ import annotations
@@ -22,6 +27,24 @@ def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled order of one epoch: a pure function of (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(num_samples, generator=generator)
+
+
+def shard(order: torch.Tensor, rank: int, world_size: int, pad: bool) -> torch.Tensor:
+    """This rank's share of `order`: every `world_size`-th entry, starting at `rank`.
+    With `pad`, entries from the start are repeated so that all shares are equally long."""
+    if world_size == 1:
+        return order
+    if pad:
+        total = math.ceil(len(order) / world_size) * world_size
+        order = order[torch.arange(total) % len(order)]
+    return order[rank::world_size]
+
+
+def shard_size(num_samples: int, rank: int, world_size: int, pad: bool) -> int:
+    """len(shard(...)) for an order of `num_samples`, without building it."""
+    if pad:
+        return math.ceil(num_samples / world_size)
+    return len(range(rank, num_samples, world_size))
 
 
 class Normalize:
@@ -69,7 +92,9 @@ class InMemoryBatches:
     """Batches sliced from tensors that already live on the training device.
 
     With `augment`, each batch is augmented on the device with random numbers drawn
-    from a generator seeded by (seed, epoch, batch): a resumed epoch repeats them.
+    from a generator seeded by (seed, epoch, batch, rank): a resumed epoch repeats them.
+    `rank` and `world_size` pick this process's share of the data under torchrun;
+    `pad` makes every rank's share equally long (for training).
     """
 
     def __init__(
@@ -81,54 +106,74 @@ class InMemoryBatches:
         seed: int,
         normalize: Normalize,
         augment: BatchAugment | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = False,
     ) -> None:
         self.inputs, self.targets = inputs, targets
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.normalize, self.augment = normalize, augment
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.generator = torch.Generator(device=targets.device) if augment else None
         self.epoch, self.start_batch = 0, 0
         self.limit: int | None = None  # at most this many batches per epoch (debug runs)
 
     @property
     def num_samples(self) -> int:
+        """Samples in the whole split (all ranks together)."""
         return len(self.targets)
 
     def __len__(self) -> int:
-        return min(math.ceil(self.num_samples / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
+        share = shard_size(self.num_samples, self.rank, self.world_size, self.pad)
+        return min(math.ceil(share / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = None
+    def _order(self) -> torch.Tensor | None:
+        """This rank's sample indices for the epoch; None: all samples in order."""
         if self.shuffle:
-            order = epoch_permutation(self.num_samples, self.seed, self.epoch).to(self.targets.device)
+            order = epoch_permutation(self.num_samples, self.seed, self.epoch)
+        elif self.world_size > 1:
+            order = torch.arange(self.num_samples)
+        else:
+            return None  # plain slices: no index tensor to build
+        return shard(order, self.rank, self.world_size, self.pad).to(self.targets.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
         for i in range(self.start_batch, len(self)):
             rows = slice(i * self.batch_size, (i + 1) * self.batch_size)
             index = rows if order is None else order[rows]
             inputs = self.inputs[index]
             if self.augment is not None and self.generator is not None:
-                self.generator.manual_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + i)
+                self.generator.manual_seed(((self.seed * 100_003 + self.epoch) * 1_000_003 + i) * 1_009 + self.rank)
                 inputs = self.augment(inputs, self.generator)
             yield self.normalize(inputs), self.targets[index]
 
 
 class EpochSampler(Sampler[int]):
-    """Indices in the order `epoch_permutation` gives, starting at a given position."""
+    """Indices in the order `epoch_permutation` gives, starting at a given position.
 
-    def __init__(self, num_samples: int, shuffle: bool, seed: int) -> None:
+    The DataLoader path's distributed sampler: like torch's DistributedSampler it is
+    seeded, told the epoch by `set_epoch` and gives each rank its padded share, and
+    unlike it it can start in the middle of an epoch and orders samples exactly as
+    the in-memory path does."""
+
+    def __init__(self, num_samples: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, pad: bool = False) -> None:
         self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start = 0, 0
 
+    def _order(self) -> torch.Tensor:
+        order = epoch_permutation(self.num_samples, self.seed, self.epoch) if self.shuffle else torch.arange(self.num_samples)
+        return shard(order, self.rank, self.world_size, self.pad)
+
     def __len__(self) -> int:
-        return self.num_samples - self.start
+        return shard_size(self.num_samples, self.rank, self.world_size, self.pad) - self.start
 
     def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            order = epoch_permutation(self.num_samples, self.seed, self.epoch)
-        else:
-            order = torch.arange(self.num_samples)
-        return iter(order[self.start :].tolist())
+        return iter(self._order()[self.start :].tolist())
 
 
 class LoaderBatches:
@@ -143,8 +188,11 @@ class LoaderBatches:
         num_workers: int,
         device: torch.device,
         normalize: Normalize,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = False,
     ) -> None:
-        self.sampler = EpochSampler(len(dataset), shuffle, seed)  # type: ignore[arg-type]
+        self.sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad)  # type: ignore[arg-type]
         self.batch_size, self.seed = batch_size, seed
         self.device, self.normalize = device, normalize
         # Its own generator: starting an iterator draws the workers' base seed from it,
@@ -164,10 +212,13 @@ class LoaderBatches:
 
     @property
     def num_samples(self) -> int:
+        """Samples in the whole split (all ranks together)."""
         return self.sampler.num_samples
 
     def __len__(self) -> int:
-        return min(math.ceil(self.num_samples / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
+        sampler = self.sampler
+        share = shard_size(sampler.num_samples, sampler.rank, sampler.world_size, sampler.pad)
+        return min(math.ceil(share / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size

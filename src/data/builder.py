@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from src.data.batches import BatchAugment, InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
+from src.utils import distributed
 from src.utils.errors import UserError, one_line
 
 log = logging.getLogger(__name__)
@@ -72,32 +73,37 @@ def build_data(
     normalize = Normalize(mean, std, device)
     augment = BatchAugment(**cfg.augment) if cfg.get("augment") else None
 
-    def batches(dataset: Dataset, indices: torch.Tensor | None, shuffle: bool) -> Batches:
-        """Training batches (shuffled, augmented) or evaluation batches of `dataset`."""
-        batch_size = cfg.batch_size if shuffle else cfg.eval_batch_size
+    rank, world_size = distributed.rank_and_world_size()  # under torchrun, each rank gets its share
+
+    def batches(dataset: Dataset, indices: torch.Tensor | None, training: bool, shuffle: bool = True) -> Batches:
+        """Training batches (shuffled unless told not to, augmented) or evaluation batches.
+        Under torchrun, training shares are padded: every rank must take as many steps."""
+        batch_size = cfg.batch_size if training else cfg.eval_batch_size
+        shuffle = training and shuffle
         if in_memory:
             inputs, targets = _as_tensors(dataset)
             if indices is not None:
                 inputs, targets = inputs[indices], targets[indices]
             return InMemoryBatches(
-                inputs.to(device), targets.to(device), batch_size, shuffle, seed, normalize, augment if shuffle else None
+                inputs.to(device), targets.to(device), batch_size, shuffle, seed, normalize,
+                augment if shuffle else None, rank, world_size, pad=training,
             )
         transform = sample_transform(cfg, "train" if shuffle else "eval")
         subset = TransformedSubset(dataset, None if indices is None else indices.tolist(), transform)
-        return LoaderBatches(subset, batch_size, shuffle, seed, cfg.num_workers, device, normalize)
+        return LoaderBatches(subset, batch_size, shuffle, seed, cfg.num_workers, device, normalize, rank, world_size, pad=training)
 
     train = val = test = None
     if train_set is not None and overfit_batches:
         few = train_idx[: overfit_batches * cfg.batch_size]
-        train = batches(train_set, few, shuffle=False)
-        val = batches(train_set, few, shuffle=False)
+        train = batches(train_set, few, training=True, shuffle=False)
+        val = batches(train_set, few, training=False)
     elif train_set is not None:
         if "train" in splits:
-            train = batches(train_set, train_idx, shuffle=True)
+            train = batches(train_set, train_idx, training=True)
         if "val" in splits and len(val_idx) > 0:
-            val = batches(train_set, val_idx, shuffle=False)
+            val = batches(train_set, val_idx, training=False)
     if test_set is not None:
-        test = batches(test_set, None, shuffle=False)
+        test = batches(test_set, None, training=False)
     for split in (train, val, test):
         if split is not None:
             split.limit = limit_batches

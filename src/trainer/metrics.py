@@ -7,6 +7,10 @@ from typing import Any, Union
 import torch
 
 from src.utils.config import metric_names
+from src.utils.distributed import sum_across_ranks
+
+# Batches whose predictions are counted at once (see ClassificationMetrics.update).
+PENDING_BATCHES = 16
 
 
 def make_metrics(task: str, num_outputs: int, device: torch.device, *, training: bool = False, confusion: bool = False) -> Metrics:
@@ -30,31 +34,51 @@ class ClassificationMetrics:
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.correct_top5 = torch.zeros((), dtype=torch.int64, device=device) if "top5" in self.names else None
         self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device) if confusion else None
+        # Outputs and targets of the last few batches, counted together: one argmax over
+        # 16 batches costs far less than 16 small ones (about 1.5% of a CPU MLP's step).
+        # Counts are integers, so grouping batches never changes a result.
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         """Add one batch: `loss` is the batch mean, as the loss module returns it."""
         n = targets.shape[0]
         self.count += n
+        # The loss is summed batch by batch: float sums depend on their order, and a
+        # resumed epoch must add up exactly as an uninterrupted one.
         self.loss_sum.add_(loss.detach(), alpha=n)
+        self._pending.append((outputs.detach(), targets))
+        if len(self._pending) == PENDING_BATCHES:
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        if not self._pending:
+            return
+        outputs = torch.cat([o for o, _ in self._pending])
+        targets = torch.cat([t for _, t in self._pending])
+        self._pending.clear()
+        # Out-of-place sums: this may run after an evaluation's inference mode has ended.
         predicted = outputs.argmax(dim=1)
-        self.correct.add_((predicted == targets).sum())
+        self.correct = self.correct + (predicted == targets).sum()
         if self.correct_top5 is not None:
             top5 = outputs.topk(5, dim=1).indices
-            self.correct_top5 += (top5 == targets.unsqueeze(1)).any(dim=1).sum()
+            self.correct_top5 = self.correct_top5 + (top5 == targets.unsqueeze(1)).any(dim=1).sum()
         if self.confusion is not None:
-            self.confusion += torch.bincount(targets * self.num_classes + predicted, minlength=self.num_classes**2)
+            self.confusion = self.confusion + torch.bincount(targets * self.num_classes + predicted, minlength=self.num_classes**2)
 
     def compute(self) -> dict[str, float]:
-        """The epoch's metrics as floats: one device-to-host transfer."""
-        sums = [self.loss_sum, self.correct.float()]
+        """The epoch's metrics as floats, over every rank's batches under torchrun: one
+        device-to-host transfer."""
+        self._count_pending()
+        sums = [self.loss_sum.double(), self.correct.double()]
         if self.correct_top5 is not None:
-            sums.append(self.correct_top5.float())
-        values = torch.stack(sums).tolist()
-        count = max(self.count, 1)
-        return dict(zip(self.names, [v / count for v in values]))
+            sums.append(self.correct_top5.double())
+        sums.append(torch.tensor(float(self.count), dtype=torch.float64, device=self.loss_sum.device))
+        *values, count = sum_across_ranks(torch.stack(sums)).tolist()
+        return dict(zip(self.names, [v / max(count, 1) for v in values]))
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums, so a mid-epoch checkpoint resumes the epoch's metrics exactly."""
+        self._count_pending()
         return {
             "count": self.count,
             "loss_sum": self.loss_sum.cpu(),
@@ -72,6 +96,7 @@ class ClassificationMetrics:
 
     def confusion_matrix(self) -> list[list[int]]:
         assert self.confusion is not None, "created with confusion=False"
+        self._count_pending()
         return self.confusion.view(self.num_classes, self.num_classes).tolist()
 
 
@@ -100,11 +125,16 @@ class RegressionMetrics:
         self.sums["y_sq"].add_(y.square().sum(dim=0))
 
     def compute(self) -> dict[str, float]:
-        n = max(self.count, 1)
-        s = self.sums
+        """The metrics over every rank's batches under torchrun."""
+        device = self.loss_sum.device
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=device)
+        flat = sum_across_ranks(torch.cat([self.loss_sum.double().view(1), *self.sums.values(), count]))
+        loss_sum, *sums, n = flat.split([1, *(len(v) for v in self.sums.values()), 1])
+        s = dict(zip(self.sums, sums))
+        n = n.clamp_min(1)
         total = s["y_sq"] - s["y"].square() / n  # sum of squares around the mean, per output
         r2 = 1 - s["sq_err"] / total.clamp_min(1e-12)
-        values = torch.stack([self.loss_sum.double() / n, s["sq_err"].mean() / n, s["abs_err"].mean() / n, r2.mean()]).tolist()
+        values = torch.cat([loss_sum / n, s["sq_err"].mean().view(1) / n, s["abs_err"].mean().view(1) / n, r2.mean().view(1)]).tolist()
         return dict(zip(self.names, values))
 
     def state_dict(self) -> dict[str, Any]:

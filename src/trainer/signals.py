@@ -1,4 +1,5 @@
-"""SIGINT/SIGTERM during training: finish the step, save, exit; a second signal quits at once."""
+"""SIGINT/SIGTERM (and SLURM's SIGUSR2 warning) during training: finish the step,
+save, exit; a second signal quits at once."""
 
 from __future__ import annotations
 
@@ -10,11 +11,18 @@ from typing import Any
 
 
 class StopRequest:
-    """While active, the first SIGINT or SIGTERM only sets `signum`; the training loop
-    checks it after every step, saves a checkpoint and stops. A second signal ends
-    the process immediately (exit 128 + signum) without touching any file."""
+    """While active, the first SIGINT, SIGTERM or SIGUSR2 only sets `signum`; the
+    training loop checks it after every step, saves a checkpoint and stops. A second
+    Ctrl-C ends the process immediately (exit 130) without touching any file. A
+    repeated SIGTERM or SIGUSR2 changes nothing: schedulers and torchrun may deliver
+    the same stop twice (to the whole job and again through torchrun), and follow up
+    with SIGKILL after their grace period anyway.
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGUSR2 is what SLURM sends ahead of a time limit or preemption (sbatch --signal),
+    and what submitit listens for to requeue a job: `pass_on()` hands the signal to
+    the handler that was installed before, once the checkpoint is safe on disk."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGUSR2,) if hasattr(signal, "SIGUSR2") else ())
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -35,7 +43,17 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def pass_on(self) -> None:
+        """Call the Python handler the received signal had before training began (e.g.
+        submitit's, which requeues the job), if there was one other than Ctrl-C's
+        KeyboardInterrupt."""
+        previous = self._previous.get(self.signum) if self.signum else None
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.signum, None)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signum is not None:
-            os._exit(128 + signum)
+            if signum == signal.SIGINT:
+                os._exit(128 + signum)
+            return
         self.signum = signum

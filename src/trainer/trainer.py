@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -21,6 +22,7 @@ from src.trainer.metrics import Metrics, make_metrics
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
 from src.trainer.tensorboard import image_grid, log_histograms
+from src.utils import distributed
 from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.seed import rng_state, set_rng_state
 
@@ -76,6 +78,13 @@ def evaluate(
     return metrics
 
 
+class NoWriter:
+    """Stands in for the TensorBoard writer on ranks other than 0: logs nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 class Trainer:
     """Owns the loop state (epoch, step, best metric, history) and the run's outputs.
 
@@ -113,12 +122,22 @@ class Trainer:
         self.precision = str(cfg.precision)
         # Loss scaling is only needed for float16; disabled, the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
-        # Checkpoints always come from `model`, so they never carry torch.compile's
-        # `_orig_mod.` prefix and load without compile.
-        self.forward_model = torch.compile(model) if cfg.compile else model
+        # Under torchrun the training forward goes through DistributedDataParallel,
+        # which averages the gradients of all ranks; evaluation uses the bare model,
+        # each rank on its own share of the batches. Checkpoints always come from
+        # `model`, so they never carry a `module.` or torch.compile `_orig_mod.`
+        # prefix, and load in one process, without compile.
+        self.distributed = distributed.is_distributed()
+        train_model: nn.Module = model
+        if self.distributed:
+            train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward_model = torch.compile(train_model) if cfg.compile else train_model
+        self.eval_model = model if self.distributed else self.forward_model
+        self.rank_zero = distributed.is_rank_zero()
+        self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
-        self._writer: SummaryWriter | None = None
+        self._writer: SummaryWriter | NoWriter | None = None
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -135,10 +154,12 @@ class Trainer:
         self.profiler: torch.profiler.profile | None = None
 
     @property
-    def writer(self) -> SummaryWriter:
+    def writer(self) -> SummaryWriter | NoWriter:
         """The TensorBoard writer, opened on first use: after a resumed state is loaded,
         so that events logged after the checkpoint's step (a future that did not
-        happen) are purged."""
+        happen) are purged. Under torchrun only rank 0 writes events."""
+        if self._writer is None and not self.rank_zero:
+            self._writer = NoWriter()
         if self._writer is None:
             purge = self.step + 1 if self.step else None
             self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
@@ -146,18 +167,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
-        for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a process killed mid-save
-            stale.unlink()
+        if self.rank_zero:
+            for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a process killed mid-save
+                stale.unlink()
         anomaly = torch.autograd.detect_anomaly() if self.cfg.detect_anomaly else nullcontext()
         self.profiler = self._profiler()
-        with self.stop, anomaly, self.profiler or nullcontext(), make_progress(self.cfg.progress) as progress:
+        bar = make_progress(self.cfg.progress if self.rank_zero else "none")
+        with self.stop, anomaly, self.profiler or nullcontext(), bar as progress:
             while self.epoch < self.cfg.epochs and not self.stopped_early:
                 started = time.perf_counter()
                 lr = self.optimizer.param_groups[0]["lr"]
                 metrics = self.train_epoch(progress)
+                self.sync_buffers()
                 if self.data.val is not None:
                     val = evaluate(
-                        self.forward_model,
+                        self.eval_model,
                         self.loss_fn,
                         self.data.val,
                         self.num_outputs,
@@ -167,6 +191,8 @@ class Trainer:
                         precision=self.precision,
                     )
                     metrics.update({f"val/{k}": v for k, v in val.compute().items()})
+                # Every decision below (best, scheduler, early stop) is rank 0's.
+                metrics = distributed.broadcast(metrics)
                 self.epoch += 1
                 self._step_scheduler(metrics[self.monitor])
                 improved = is_better(metrics[self.monitor], self.best_metric, self.mode)
@@ -176,8 +202,10 @@ class Trainer:
                 self.history.append({"epoch": self.epoch, **metrics, "lr": lr, "seconds": time.perf_counter() - started})
                 self._log_epoch(improved)
                 self._save_checkpoints(best=improved)
-                if self.stop.signum is not None:
+                if self._signalled():
                     self._stop_for_signal()
+        if self.distributed:
+            self._check_ranks_agree()
         if self.stopped_early:
             es = self.early_stopping
             log.info(
@@ -209,21 +237,24 @@ class Trainer:
         histograms_due = every > 0 and (self.epoch + 1) % every == 0
         progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start)
         for batch, (inputs, targets) in enumerate(batches, start=start):
-            with autocast(self.device, self.precision):
-                outputs = self.forward_model(to_memory_format(inputs, self.channels_last))
-                loss = self.loss_fn(outputs, targets)
-            if (batch - start) % accumulate == 0:
-                # Cleared right before the window's first backward, as in the classic
-                # loop: clearing right after the step instead lets the next forward
-                # reuse the gradients' memory, which cost 10-15% on CPU convnets.
-                self.optimizer.zero_grad(set_to_none=True)
-            # Averaging over the accumulated batches makes k batches of n one batch of k*n.
-            scaled = loss if accumulate == 1 else loss / accumulate
-            self._backward(self.scaler.scale(scaled) if scaling else scaled, batch)
+            stepping = (batch + 1) % accumulate == 0 or batch + 1 == num_batches
+            # Under DDP, gradients are averaged across ranks only on the window's last batch.
+            with self._no_sync() if not stepping else nullcontext():
+                with autocast(self.device, self.precision):
+                    outputs = self.forward_model(to_memory_format(inputs, self.channels_last))
+                    loss = self.loss_fn(outputs, targets)
+                if (batch - start) % accumulate == 0:
+                    # Cleared right before the window's first backward, as in the classic
+                    # loop: clearing right after the step instead lets the next forward
+                    # reuse the gradients' memory, which cost 10-15% on CPU convnets.
+                    self.optimizer.zero_grad(set_to_none=True)
+                # Averaging over the accumulated batches makes k batches of n one batch of k*n.
+                scaled = loss if accumulate == 1 else loss / accumulate
+                self._backward(self.scaler.scale(scaled) if scaling else scaled, batch)
             metrics.update(outputs.detach(), targets, loss.detach())
             recent.append(loss.detach())
             progress.advance()
-            if (batch + 1) % accumulate and batch + 1 < num_batches:
+            if not stepping:
                 continue  # keep accumulating gradients
             if clip > 0:
                 if scaling:
@@ -248,7 +279,7 @@ class Trainer:
                 self.writer.add_scalar("train/loss", value, self.step)
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
                 progress.show_loss(value)
-            if self.stop.signum is not None and batch + 1 < num_batches:
+            if self._signalled() and batch + 1 < num_batches:
                 if recent:  # empty right after a logging step
                     self._read_losses(recent, batch)  # never checkpoint past a NaN
                 self.batch_in_epoch, self.partial_metrics = batch + 1, metrics.state_dict()
@@ -259,9 +290,43 @@ class Trainer:
             self._read_losses(recent, len(batches) - 1)
         return {f"train/{k}": v for k, v in metrics.compute().items()}
 
+    def _no_sync(self) -> AbstractContextManager:
+        """DDP's no_sync(): a backward that keeps its gradients on this rank."""
+        ddp = self.forward_model if isinstance(self.forward_model, nn.parallel.DistributedDataParallel) else None
+        ddp = ddp or getattr(self.forward_model, "_orig_mod", None)  # compiled DDP
+        return ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) else nullcontext()
+
+    def _signalled(self) -> bool:
+        """Whether SIGINT/SIGTERM arrived. Under torchrun the ranks agree after every
+        step (one tiny CPU all-reduce), so they all stop at the same step."""
+        if self.distributed:
+            signum = distributed.max_across_ranks(self.stop.signum or 0)
+            if signum:
+                self.stop.signum = signum
+        return self.stop.signum is not None
+
+    def _check_ranks_agree(self) -> None:
+        """Under torchrun, check that every rank ends with bitwise the same weights: DDP
+        keeps them equal, unless code outside it changes one rank's model."""
+        digest = hashlib.sha256()
+        for tensor in self.model.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digests = distributed.gather(digest.hexdigest())
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"The ranks ended with different weights (sha256 per rank: {digests}); DDP should keep them equal.")
+        log.info(f"Final weights identical on all {len(digests)} ranks (sha256 {digests[0][:16]})")
+
+    def sync_buffers(self) -> None:
+        """Give every rank rank 0's buffers (batch-norm statistics), which each rank's
+        last training forward changed on its own, so that evaluation on every rank uses
+        the model rank 0 checkpoints."""
+        if self.distributed:
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
+
     def _profiler(self) -> torch.profiler.profile | None:
         """torch.profiler over a few steps (trainer.profile), traced into tensorboard/."""
-        if not self.cfg.profile:
+        if not self.cfg.profile or not self.rank_zero:
             return None
         activities = [torch.profiler.ProfilerActivity.CPU]
         if self.device.type == "cuda":
@@ -285,8 +350,10 @@ class Trainer:
 
     def _read_losses(self, recent: list[torch.Tensor], batch: int) -> float:
         """Read the losses of the last batches (`batch` is the newest) back at once:
-        stop on the first non-finite one, else return their mean. Empties `recent`."""
-        values = torch.stack(recent).tolist()
+        stop on the first non-finite one, else return their mean. Empties `recent`.
+        Under torchrun they are averaged over the ranks first, so every rank sees the
+        same values and stops at the same NaN."""
+        values = (distributed.sum_across_ranks(torch.stack(recent)) / self.world_size).tolist()
         recent.clear()
         for i, value in enumerate(values):
             if not math.isfinite(value):
@@ -327,8 +394,10 @@ class Trainer:
     def _stop_for_signal(self) -> None:
         where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
         last = self.checkpoint_dir / "last.pt"
-        message = f"{self.stop.name} received: saved {last} at {where} (step {self.step}). Resume with: python train.py resume={last}"
+        launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
+        message = f"{self.stop.name} received: saved {last} at {where} (step {self.step}). Resume with: {launch} train.py resume={last}"
         log.warning(message)
+        self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
         raise RunStopped(message, exit_code=128 + (self.stop.signum or 0))
 
     def _step_scheduler(self, monitored: float) -> None:
@@ -359,7 +428,10 @@ class Trainer:
         every = self.cfg.save_every_n_epochs
         if every and not self.batch_in_epoch and self.epoch % every == 0:
             paths.append(self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt")
-        save_checkpoint(self.state_dict(), *paths)
+        state = self.state_dict()  # on every rank: it gathers each rank's RNG state
+        if not self.rank_zero:
+            return
+        save_checkpoint(state, *paths)
         if self.cfg.keep_last_k:
             for old in sorted(self.checkpoint_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last_k]:
                 old.unlink()
@@ -382,6 +454,12 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "early_stopping": self.early_stopping.state_dict(),
             "rng": rng_state(),
+            # Under torchrun, each rank's own RNGs and partial metric sums (rank order),
+            # so that every rank resumes exactly where it stopped.
+            "world_size": self.world_size,
+            "rank_states": distributed.gather({"rng": rng_state(), "partial_epoch_metrics": self.partial_metrics})
+            if self.distributed
+            else None,
             "config": self.config_yaml,
             "choices": self.choices,
             "data_stats": self.data_stats,
@@ -402,13 +480,35 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as err:
             raise UserError(f"The optimizer or scheduler state in {str(path)!r} does not fit this run's config: {one_line(err)}.") from None
         self.epoch, self.step = state["epoch"], state["step"]
-        self.batch_in_epoch, self.partial_metrics = state["batch_in_epoch"], state.get("partial_epoch_metrics")
+        own = self._own_rank_state(state, path)
+        self.batch_in_epoch, self.partial_metrics = state["batch_in_epoch"], own["partial_epoch_metrics"]
         self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
         if state.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["grad_scaler"])
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.history = list(state["history"])
-        set_rng_state(state["rng"])
+        set_rng_state(own["rng"])
+
+    def _own_rank_state(self, state: dict[str, Any], path: Path) -> dict[str, Any]:
+        """This rank's RNG state and partial epoch metrics from a checkpoint: its own
+        entry when the checkpoint comes from as many ranks as run now."""
+        saved_world = state.get("world_size", 1)
+        ranks = state.get("rank_states")
+        if saved_world == self.world_size and ranks:
+            return ranks[distributed.rank()]
+        if saved_world != self.world_size and state["batch_in_epoch"]:
+            raise UserError(
+                f"{str(path)!r} was saved in the middle of an epoch by {saved_world} process(es), and this run has "
+                f"{self.world_size}: each process's position in its share of the data only holds for the same number. "
+                f"Resume it with torchrun --nproc_per_node={saved_world}"
+                f"{'' if saved_world > 1 else ' (or plain python)'}, or resume an epoch-end checkpoint (epoch_NNN.pt)."
+            )
+        if saved_world != self.world_size:
+            log.warning(
+                f"{path} comes from {saved_world} process(es) and this run has {self.world_size}: training continues "
+                f"from it, but not bitwise as the original run would have (the data is shared out differently)."
+            )
+        return {"rng": state["rng"], "partial_epoch_metrics": state.get("partial_epoch_metrics")}
 
     def close(self) -> None:
         if self._writer is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src.utils import distributed
 from src.utils.errors import UserError
 
 PROGRESS_CHOICES = ("rich", "tqdm", "none")
@@ -153,11 +154,17 @@ def claim_stamp(base: str) -> str:
     process started in the same second gets `<timestamp>_1`, and so on.
 
     The name is remembered in the environment: Hydra may resolve the run or sweep dir
-    more than once, and launcher processes (joblib) inherit it and reuse it.
+    more than once, and launcher processes (joblib, submitit) inherit it and reuse it.
+    Under torchrun, rank 0 claims the folder and tells the other ranks its name.
     """
     key = "HYDRA_TORCH_TRAINER_STAMP_" + hashlib.md5(base.encode()).hexdigest()[:12]
-    if key in os.environ:
-        return os.environ[key]
+    if key not in os.environ:
+        name = _claim_new_stamp(base) if distributed.is_rank_zero() else None
+        os.environ[key] = distributed.broadcast(name)
+    return os.environ[key]
+
+
+def _claim_new_stamp(base: str) -> str:
     stamp = datetime.now().strftime(STAMP_FORMAT)
     for n in itertools.count():
         name = stamp if n == 0 else f"{stamp}_{n}"
@@ -165,7 +172,6 @@ def claim_stamp(base: str) -> str:
             (Path(base) / name).mkdir(parents=True)
         except FileExistsError:
             continue
-        os.environ[key] = name
         return name
     raise AssertionError("unreachable")
 
@@ -185,9 +191,12 @@ def sweep_dir(resume: str | None, base: str) -> str:
     return str(resume) if resume else f"{base}/{claim_stamp(base)}"
 
 
-def output_subdir(resume: str | None) -> str:
+def output_subdir(resume: str | None) -> str | None:
     """Hydra resolver for `hydra.output_subdir`: a resume keeps the run's original
-    `.hydra/` snapshot and writes its own next to it."""
+    `.hydra/` snapshot and writes its own next to it. Under torchrun only rank 0
+    writes one (None: Hydra writes none)."""
+    if not distributed.is_rank_zero():
+        return None
     return f".hydra/resume_{datetime.now().strftime(STAMP_FORMAT)}" if resume else ".hydra"
 
 

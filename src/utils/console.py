@@ -17,6 +17,8 @@ from rich.console import Console, RenderableType
 from rich.logging import RichHandler
 from rich.text import Text
 
+from src.utils.distributed import is_rank_zero
+
 console = Console()
 if not console.is_terminal:  # a log file or pipe: no need to wrap at 80 columns
     console.width = 160
@@ -34,6 +36,9 @@ def setup_logging(log_file: Path | None) -> None:
     close_logging()
     root = logging.getLogger()
     root.setLevel(logging.INFO)
+    if not is_rank_zero():  # under torchrun, rank 0 speaks for the run; the others only report errors
+        root.setLevel(logging.ERROR)
+        log_file = None
     if console.is_terminal:
         term: logging.Handler = RichHandler(console=console, show_path=False, log_time_format="[%X]")
     else:
@@ -73,6 +78,8 @@ def close_logging() -> None:
 
 def show(renderable: RenderableType) -> None:
     """Print a rich renderable (table, tree) and mirror it as plain text in the log file."""
+    if not is_rank_zero():
+        return
     console.print(renderable)
     if _log_file is not None:
         with open(_log_file, "a", encoding="utf-8") as f:
@@ -80,5 +87,7 @@ def show(renderable: RenderableType) -> None:
 
 
 def report_error(message: str, prefix: str = "Error:") -> None:
+    if not is_rank_zero():  # every rank of a torchrun group stops with the same message
+        return
     # Text, not markup: messages quote values like [1, 28, 28] that must print as they are.
     error_console.print(Text.assemble((prefix, "bold red"), " ", message), soft_wrap=True)

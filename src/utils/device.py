@@ -7,11 +7,15 @@ from typing import Any
 
 import torch
 
+from src.utils.distributed import launched_by_torchrun, local_rank
 from src.utils.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda > mps > cpu; an explicit device must exist on this machine."""
+    """`auto` picks cuda > mps > cpu; an explicit device must exist on this machine.
+    Under torchrun, `auto` and `cuda` mean this process's own GPU (LOCAL_RANK)."""
+    if name in ("auto", "cuda") and launched_by_torchrun() and torch.cuda.is_available():
+        return torch.device("cuda", local_rank())
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

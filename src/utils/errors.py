@@ -42,6 +42,7 @@ def exit_on_user_error(run_dir: Path, hydra_dir: Path | None = None) -> Iterator
     the config snapshot Hydra wrote for this attempt (`hydra_dir`) is removed.
     """
     from src.utils.console import report_error
+    from src.utils.distributed import is_rank_zero
 
     try:
         yield
@@ -50,6 +51,8 @@ def exit_on_user_error(run_dir: Path, hydra_dir: Path | None = None) -> Iterator
         raise SystemExit(stop.exit_code) from None
     except UserError as err:
         report_error(str(err))
+        if not is_rank_zero():  # under torchrun, rank 0 tidies up
+            raise SystemExit(2) from None
         if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.pt")):
             shutil.rmtree(run_dir, ignore_errors=True)
             try:

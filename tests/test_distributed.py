@@ -1,0 +1,158 @@
+"""Beyond one process: DDP under torchrun (CPU, gloo), and SLURM through submitit.
+
+Every torchrun test starts two real processes on synthetic data; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, REPO, assert_same_training, cli_env, load, run_cli, run_dirs, wait_for_line
+
+# --standalone: torchrun picks a free port, so parallel tests never collide.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py")]
+# 2400 training images, 1200 per rank in batches of 16: 75 steps per epoch on each.
+# The cnn has batch norm (buffers DDP keeps in sync) and dropout (per-rank randomness).
+RUN = ["data=synthetic", "model=cnn", "data.dataset.train_size=3000", "data.batch_size=16", "trainer.deterministic=true", *FAST]
+EPOCHS = 3
+
+
+def torchrun(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*TORCHRUN, *overrides], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("ddp")
+    result = torchrun(*RUN, f"trainer.epochs={EPOCHS}", cwd=cwd)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = run_dirs(cwd)
+    return run_dir
+
+
+def test_two_processes_train_one_run_that_rank_zero_writes_once(ddp_run: Path) -> None:
+    log = (ddp_run / "train.log").read_text()
+    for epoch in range(1, EPOCHS + 1):
+        assert log.count(f"epoch {epoch}/{EPOCHS} ") == 1, "one log line per epoch: only rank 0 logs"
+    assert "DDP over 2 processes" in log
+    assert "Final weights identical on all 2 ranks" in log
+    assert len(list((ddp_run / "tensorboard").glob("events.out.tfevents.*"))) == 1, "one TensorBoard writer"
+    assert not list((ddp_run / "checkpoints").glob(".*.tmp"))
+    state = load(ddp_run / "checkpoints" / "last.pt")
+    assert state["epoch"] == EPOCHS and state["world_size"] == 2
+    assert len(state["rank_states"]) == 2, "every rank's RNG state, for an exact resume"
+    assert not any(key.startswith("module.") for key in state["model"]), "no DDP prefix in the weights"
+
+
+def test_ddp_metrics_count_every_sample_once_and_a_single_process_agrees(tmp_path: Path, ddp_run: Path) -> None:
+    # The 600 validation images are split over the ranks and their sums added: a
+    # single-process evaluation of the same weights must find the same numbers.
+    checkpoints = ddp_run / "checkpoints"
+    result = run_cli("test.py", f"checkpoint={checkpoints / 'last.pt'}", "split=val", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    single = json.loads((checkpoints / "last.val.json").read_text())
+    assert single["samples"] == 600
+    last_epoch = load(checkpoints / "last.pt")["history"][-1]
+    assert single["metrics"]["val/accuracy"] == last_epoch["val/accuracy"]
+    assert single["metrics"]["val/loss"] == pytest.approx(last_epoch["val/loss"], rel=1e-5)
+
+    result = run_cli("test.py", f"checkpoint={checkpoints / 'best.pt'}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    single = json.loads((checkpoints / "best.test.json").read_text())
+    trained = json.loads((ddp_run / "metrics.json").read_text())
+    assert single["metrics"]["test/accuracy"] == trained["test"]["test/accuracy"]
+    assert single["metrics"]["test/loss"] == pytest.approx(trained["test"]["test/loss"], rel=1e-5)
+
+
+def test_sigterm_to_the_torchrun_group_then_resume_is_bitwise_exact(tmp_path: Path, ddp_run: Path) -> None:
+    # The DataLoader path this time: its sampler shares the data out exactly as the
+    # in-memory path of the uninterrupted run does.
+    process = subprocess.Popen(
+        [*TORCHRUN, *RUN, f"trainer.epochs={EPOCHS}", "data.in_memory=false"],
+        cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a scheduler's job has
+    )
+    wait_for_line(process, f"epoch 1/{EPOCHS}")
+    time.sleep(0.3)  # into epoch 2
+    os.killpg(process.pid, signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "Resume with: torchrun --nproc_per_node=2 train.py resume=" in out + err, out + err
+    (run_dir,) = run_dirs(tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load(last)
+    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 75, "saved in the middle of epoch 2"
+
+    result = torchrun(f"resume={last}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert_same_training(ddp_run / "checkpoints" / "last.pt", last)
+
+
+def test_a_mid_epoch_ddp_checkpoint_refuses_another_process_count(tmp_path: Path, ddp_run: Path) -> None:
+    import torch
+
+    state = load(ddp_run / "checkpoints" / "last.pt")
+    state["epoch"], state["batch_in_epoch"] = EPOCHS - 1, 10  # as if saved mid-epoch
+    run_dir = tmp_path / "saved" / "runs" / "copy" / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    torch.save(state, run_dir / "checkpoints" / "last.pt")
+    result = run_cli("train.py", f"resume={run_dir / 'checkpoints' / 'last.pt'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "torchrun --nproc_per_node=2" in result.stderr
+
+
+def test_slurm_warning_signal_saves_then_hands_over_to_the_requeue_handler(tmp_path: Path) -> None:
+    # submitit installs a SIGUSR2 handler that requeues the job; stand in for it with
+    # one that leaves a file, and check that it runs after the checkpoint is saved.
+    marker = tmp_path / "requeued"
+    wrapper = tmp_path / "job.py"
+    wrapper.write_text(
+        "import runpy, signal, sys\n"
+        f"def requeue(signum, frame):\n    open({str(marker)!r}, 'w').write('requeued')\n"
+        "signal.signal(signal.SIGUSR2, requeue)\n"
+        f"sys.argv = [{str(REPO / 'train.py')!r}, *sys.argv[1:]]\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
+    )
+    overrides = ["data=synthetic", "data.dataset.train_size=4000", "data.batch_size=16", "trainer.epochs=3", *FAST]
+    process = subprocess.Popen(
+        [sys.executable, str(wrapper), *overrides], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for_line(process, "epoch 1/3")
+    time.sleep(0.2)
+    process.send_signal(signal.SIGUSR2)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGUSR2, err
+    (run_dir,) = run_dirs(tmp_path)
+    assert load(run_dir / "checkpoints" / "last.pt")["batch_in_epoch"] > 0
+    assert marker.read_text() == "requeued"
+
+
+def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
+    quick = ["data=synthetic", "data.dataset.train_size=500", "trainer.epochs=1", *FAST]
+    result = run_cli("train.py", "-m", "hydra/launcher=submitit_local", *quick, "optimizer.lr=1e-3,1e-2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "saved" / "multirun").iterdir()
+    with open(sweep / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(row["job"] for row in rows) == ["0", "1"]
+    assert all(row["status"] == "completed" for row in rows)
+
+
+def test_slurm_preset_composes_with_the_cluster_settings(tmp_path: Path) -> None:
+    result = run_cli("train.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.nodes=2", "--cfg", "hydra", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "SlurmLauncher" in result.stdout
+    for line in ("partition: gpu", "nodes: 2", "gpus_per_node: 1", "timeout_min: 240", "signal_delay_s: 120", "max_num_timeout: 3"):
+        assert line in result.stdout
