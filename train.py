@@ -9,7 +9,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
 from src.utils.config import app_help, register_resolvers, validate_train_config, wants_app_help
-from src.utils.distributed import destroy_process_group, init_process_group, launched_by_torchrun
+from src.utils.distributed import barrier, destroy_process_group, init_process_group, launched_by_torchrun
 from src.utils.errors import exit_on_user_error
 
 register_resolvers()  # used by configs/hydra/default.yaml to name and place run folders
@@ -55,5 +55,8 @@ if __name__ == "__main__":
         init_process_group()
     try:
         main()
+        # Under torchrun, ranks leave together: one that tears down its connections
+        # while another still talks to it can abort. (On a failure torchrun stops the rest.)
+        barrier()
     finally:
         destroy_process_group()

@@ -109,7 +109,6 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                     if key == "lr" and "initial_lr" in group:  # what schedulers scale from
                         group["initial_lr"] = value
         trainer.fit()
-        distributed.barrier()  # rank 0 has written best.pt
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         test = evaluate(

@@ -429,12 +429,13 @@ class Trainer:
         if every and not self.batch_in_epoch and self.epoch % every == 0:
             paths.append(self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt")
         state = self.state_dict()  # on every rank: it gathers each rank's RNG state
-        if not self.rank_zero:
-            return
-        save_checkpoint(state, *paths)
-        if self.cfg.keep_last_k:
-            for old in sorted(self.checkpoint_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last_k]:
-                old.unlink()
+        if self.rank_zero:
+            save_checkpoint(state, *paths)
+            if self.cfg.keep_last_k:
+                for old in sorted(self.checkpoint_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last_k]:
+                    old.unlink()
+        # No rank goes on (to read best.pt, or to exit after a signal) before the files are written.
+        distributed.barrier()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly: tensors and plain values only."""
