@@ -128,9 +128,10 @@ class Trainer:
         # `model`, so they never carry a `module.` or torch.compile `_orig_mod.`
         # prefix, and load in one process, without compile.
         self.distributed = distributed.is_distributed()
-        train_model: nn.Module = model
+        self.ddp = None
         if self.distributed:
-            train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = self.ddp or model
         self.forward_model = torch.compile(train_model) if cfg.compile else train_model
         self.eval_model = model if self.distributed else self.forward_model
         self.rank_zero = distributed.is_rank_zero()
@@ -292,9 +293,7 @@ class Trainer:
 
     def _no_sync(self) -> AbstractContextManager:
         """DDP's no_sync(): a backward that keeps its gradients on this rank."""
-        ddp = self.forward_model if isinstance(self.forward_model, nn.parallel.DistributedDataParallel) else None
-        ddp = ddp or getattr(self.forward_model, "_orig_mod", None)  # compiled DDP
-        return ddp.no_sync() if isinstance(ddp, nn.parallel.DistributedDataParallel) else nullcontext()
+        return self.ddp.no_sync() if self.ddp is not None else nullcontext()
 
     def _signalled(self) -> bool:
         """Whether SIGINT/SIGTERM arrived. Under torchrun the ranks agree after every
