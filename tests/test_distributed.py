@@ -18,8 +18,13 @@ import pytest
 
 from conftest import FAST, REPO, assert_same_training, cli_env, load, run_cli, run_dirs, wait_for_line
 
-# --standalone: torchrun picks a free port, so parallel tests never collide.
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py")]
+def torchrun_command(cwd: Path) -> list[str]:
+    # --standalone: torchrun picks a free port, so parallel tests never collide; its
+    # own logs go to the test's folder rather than a new folder in /tmp each time.
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", f"--log-dir={cwd / 'torchrun'}"]
+    return [sys.executable, *launcher, str(REPO / "train.py")]
+
+
 # 2400 training images, 1200 per rank in batches of 16: 75 steps per epoch on each.
 # The cnn has batch norm (buffers DDP keeps in sync) and dropout (per-rank randomness).
 RUN = ["data=synthetic", "model=cnn", "data.dataset.train_size=3000", "data.batch_size=16", "trainer.deterministic=true", *FAST]
@@ -27,7 +32,7 @@ EPOCHS = 3
 
 
 def torchrun(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*TORCHRUN, *overrides], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run([*torchrun_command(cwd), *overrides], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +82,7 @@ def test_sigterm_to_the_torchrun_group_then_resume_is_bitwise_exact(tmp_path: Pa
     # The DataLoader path this time: its sampler shares the data out exactly as the
     # in-memory path of the uninterrupted run does.
     process = subprocess.Popen(
-        [*TORCHRUN, *RUN, f"trainer.epochs={EPOCHS}", "data.in_memory=false"],
+        [*torchrun_command(tmp_path), *RUN, f"trainer.epochs={EPOCHS}", "data.in_memory=false"],
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a scheduler's job has
     )
@@ -109,6 +114,35 @@ def test_a_mid_epoch_ddp_checkpoint_refuses_another_process_count(tmp_path: Path
     result = run_cli("train.py", f"resume={run_dir / 'checkpoints' / 'last.pt'}", cwd=tmp_path)
     assert result.returncode == 2
     assert "torchrun --nproc_per_node=2" in result.stderr
+
+
+def test_single_process_checkpoints_continue_under_torchrun_and_a_nan_stops_every_rank(tmp_path: Path) -> None:
+    quick = ["data=synthetic", "data.dataset.train_size=1000", *FAST]
+    result = run_cli("train.py", *quick, "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+
+    result = torchrun(f"resume={last}", "trainer.epochs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "comes from 1 process(es) and this run has 2" in result.stdout
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 2
+    before = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").glob("*.pt")}
+
+    # Every rank reads the same (averaged) losses, so all stop at the same step: no hang.
+    result = torchrun(f"resume={last}", "optimizer.lr=1e30", "trainer.epochs=4", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Non-finite training loss" in result.stderr
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").glob("*.pt")} == before
+
+
+def test_early_stopping_stops_every_rank_at_the_same_epoch(tmp_path: Path) -> None:
+    stop = ["trainer.early_stopping.patience=1", "trainer.early_stopping.min_delta=100", "trainer.epochs=5"]
+    result = torchrun("data=synthetic", "data.dataset.train_size=1000", *FAST, *stop, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Early stopping after epoch 2" in result.stdout
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 2
 
 
 def test_slurm_warning_signal_saves_then_hands_over_to_the_requeue_handler(tmp_path: Path) -> None:
