@@ -40,13 +40,14 @@ class ClassificationMetrics:
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
-        """Add one batch: `loss` is the batch mean, as the loss module returns it."""
+        """Add one batch: `loss` is the batch mean, as the loss module returns it.
+        `outputs` and `loss` must be detached (or from inference mode)."""
         n = targets.shape[0]
         self.count += n
         # The loss is summed batch by batch: float sums depend on their order, and a
         # resumed epoch must add up exactly as an uninterrupted one.
-        self.loss_sum.add_(loss.detach(), alpha=n)
-        self._pending.append((outputs.detach(), targets))
+        self.loss_sum.add_(loss, alpha=n)
+        self._pending.append((outputs, targets))
         if len(self._pending) == PENDING_BATCHES:
             self._count_pending()
 
@@ -114,11 +115,12 @@ class RegressionMetrics:
         self.sums = {"sq_err": zeros(), "abs_err": zeros(), "y": zeros(), "y_sq": zeros()}
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add one batch (`outputs` and `loss` detached, as for ClassificationMetrics)."""
         n = targets.shape[0]
         self.count += n
-        self.loss_sum.add_(loss.detach(), alpha=n)
+        self.loss_sum.add_(loss, alpha=n)
         y = targets.reshape(n, -1).double()
-        error = outputs.detach().reshape(n, -1).double() - y
+        error = outputs.reshape(n, -1).double() - y
         self.sums["sq_err"].add_(error.square().sum(dim=0))
         self.sums["abs_err"].add_(error.abs().sum(dim=0))
         self.sums["y"].add_(y.sum(dim=0))

@@ -252,8 +252,9 @@ class Trainer:
                 # Averaging over the accumulated batches makes k batches of n one batch of k*n.
                 scaled = loss if accumulate == 1 else loss / accumulate
                 self._backward(self.scaler.scale(scaled) if scaling else scaled, batch)
-            metrics.update(outputs.detach(), targets, loss.detach())
-            recent.append(loss.detach())
+            detached = loss.detach()
+            metrics.update(outputs.detach(), targets, detached)
+            recent.append(detached)
             progress.advance()
             if not stepping:
                 continue  # keep accumulating gradients
