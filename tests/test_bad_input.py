@@ -81,6 +81,10 @@ def bad_checkpoints(tmp: Path) -> dict[str, tuple[Path, str]]:
     text.write_text("just some text")
     files["not a checkpoint"] = (text, "not a readable checkpoint")
 
+    stream = tmp / "stream.pt"
+    stream.write_bytes(b"\x80\x04garbage that is no pickle")  # a pickle header, then nonsense
+    files["broken pickle"] = (stream, "not a readable checkpoint")
+
     other = tmp / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
     files["foreign dict"] = (other, "not a checkpoint of this framework")
@@ -97,7 +101,9 @@ def bad_checkpoints(tmp: Path) -> dict[str, tuple[Path, str]]:
     return files
 
 
-@pytest.mark.parametrize("case", ["truncated", "not a checkpoint", "foreign dict", "newer format", "pickle payload", "missing"])
+@pytest.mark.parametrize(
+    "case", ["truncated", "not a checkpoint", "broken pickle", "foreign dict", "newer format", "pickle payload", "missing"]
+)
 def test_broken_checkpoint_gets_a_clear_error_and_never_runs_code(tmp_path: Path, case: str) -> None:
     path, message = bad_checkpoints(tmp_path)[case]
     with pytest.raises(UserError, match=message):

@@ -55,6 +55,10 @@ def test_bad_tables_are_explained(tmp_path: Path) -> None:
         CSVTable(str(broken), target="price")
     with pytest.raises(UserError, match="integer class indices"):
         CSVTable(str(good), target="price", task="classification")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("a,species\n0.1,0\n0.2,1\n0.3,2\n0.4,1\n0.5,0\n")
+    with pytest.raises(UserError, match="class index 2, but data.num_classes=2 allows 0..1"):
+        CSVTable(str(labels), target="species", task="classification", num_classes=2)
 
 
 def test_csv_errors_reach_the_cli_as_one_paragraph(tmp_path: Path) -> None:

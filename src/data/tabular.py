@@ -16,7 +16,8 @@ class CSVTable(Dataset):
     """The rows of a CSV (or TSV) file with a header line.
 
     Inputs are the `features` columns (all but the targets when null) as float32;
-    targets are one integer class column (classification) or one or more float
+    targets are one integer class column (classification, indices below
+    `num_classes`) or one or more float
     columns (regression). The file is split into train and test rows by `test_split`
     with `split_seed`; the validation split is carved out of the train rows later.
     `data` (N, F) and `targets` hold the rows of the requested split.
@@ -28,6 +29,7 @@ class CSVTable(Dataset):
         target: str | Sequence[str],
         features: Sequence[str] | None = None,
         task: str = "regression",
+        num_classes: int | None = None,
         train: bool = True,
         test_split: float = 0.2,
         split_seed: int = 0,
@@ -59,6 +61,11 @@ class CSVTable(Dataset):
         if task == "classification":
             if not torch.equal(y, y.round()) or (y < 0).any():
                 raise UserError(f"{path}: the class column {targets[0]!r} must hold integer class indices 0, 1, 2, ...")
+            if num_classes is not None and y.max() >= num_classes:
+                raise UserError(
+                    f"{path}: the class column {targets[0]!r} holds the class index {int(y.max())}, but "
+                    f"data.num_classes={num_classes} allows 0..{num_classes - 1}. Set data.num_classes to the number of classes."
+                )
             y = y[:, 0].long()
         elif len(targets) == 1:
             y = y[:, 0]

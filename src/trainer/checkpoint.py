@@ -40,10 +40,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = one_line(err)
+        if "GLOBAL" not in str(err):  # not an object that would run code: a damaged file
+            raise UserError(f"{str(path)!r} is not a readable checkpoint (truncated or corrupt file?): {_unpickling_reason(err)}.") from None
         raise UserError(
             f"Refusing to load {str(path)!r}: it contains objects other than tensors and plain values "
-            f"(weights_only load failed: {reason}). Checkpoints of this framework never hold code; "
+            f"({_unpickling_reason(err)}). Checkpoints of this framework never hold code; "
             f"this file is either from another tool or has been tampered with."
         ) from None
     except Exception as err:  # truncated zip, plain text, legacy garbage: torch raises many types
@@ -61,6 +62,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{FORMAT_VERSION} this version of the framework reads. Upgrade the framework to load it."
         )
     return state
+
+
+def _unpickling_reason(err: pickle.UnpicklingError) -> str:
+    """The line of torch's weights_only error that says what it met, without the advice
+    around it (which suggests weights_only=False: never here)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    said = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))]
+    return one_line(Exception(said[0] if said else lines[0] if lines else "weights_only load failed"), limit=200)
 
 
 # Wrappers that prefix every key: torch.compile and (Distributed)DataParallel.
