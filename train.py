@@ -10,6 +10,7 @@ from omegaconf import DictConfig, open_dict
 
 from src.utils.config import app_help, register_resolvers, validate_train_config, wants_app_help
 from src.utils.distributed import barrier, destroy_process_group, init_process_group, launched_by_torchrun
+from src.utils.console import report_error
 from src.utils.errors import exit_on_user_error
 
 register_resolvers()  # used by configs/hydra/default.yaml to name and place run folders
@@ -51,6 +52,12 @@ if __name__ == "__main__":
         print(app_help("train.py", "train", overrides, "model=cnn data=mnist optimizer.lr=3e-4 trainer.epochs=5"))
         sys.exit(0)
     if launched_by_torchrun():
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            report_error(
+                "--multirun under torchrun would run the whole sweep in every process. Run the sweep with "
+                "plain python (hydra/launcher=slurm puts each job on its own GPU), or torchrun one run at a time."
+            )
+            sys.exit(2)
         # Before Hydra: rank 0 names the run folder and the other ranks must hear it.
         init_process_group()
     try:

@@ -77,7 +77,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
     show(model_summary(model, data.input_shape, device))
     ranks = distributed.rank_and_world_size()[1]
-    ddp = f"; DDP over {ranks} processes, {cfg.data.batch_size} samples per process and step" if distributed.is_distributed() else ""
+    ddp = f"; DDP over {ranks} processes, {cfg.data.batch_size} samples per process and batch" if distributed.is_distributed() else ""
     log.info(
         f"{type(model).__name__} on {device}; {data.train.num_samples} training, "
         f"{data.val.num_samples if data.val else 0} validation samples "

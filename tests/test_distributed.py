@@ -25,9 +25,11 @@ def torchrun_command(cwd: Path) -> list[str]:
     return [sys.executable, *launcher, str(REPO / "train.py")]
 
 
-# 2400 training images, 1200 per rank in batches of 16: 75 steps per epoch on each.
+# Odd sizes on purpose: 2403 training images (padded to 1202 per rank: 76 steps per
+# epoch on each), 601 validation and 501 test images (shared out unevenly, unpadded).
 # The cnn has batch norm (buffers DDP keeps in sync) and dropout (per-rank randomness).
-RUN = ["data=synthetic", "model=cnn", "data.dataset.train_size=3000", "data.batch_size=16", "trainer.deterministic=true", *FAST]
+SIZES = ["data.dataset.train_size=3004", "data.dataset.test_size=501"]
+RUN = ["data=synthetic", "model=cnn", *SIZES, "data.batch_size=16", "trainer.deterministic=true", *FAST]
 EPOCHS = 3
 
 
@@ -59,13 +61,13 @@ def test_two_processes_train_one_run_that_rank_zero_writes_once(ddp_run: Path) -
 
 
 def test_ddp_metrics_count_every_sample_once_and_a_single_process_agrees(tmp_path: Path, ddp_run: Path) -> None:
-    # The 600 validation images are split over the ranks and their sums added: a
+    # The 601 validation images are split over the ranks and their sums added: a
     # single-process evaluation of the same weights must find the same numbers.
     checkpoints = ddp_run / "checkpoints"
     result = run_cli("test.py", f"checkpoint={checkpoints / 'last.pt'}", "split=val", "device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     single = json.loads((checkpoints / "last.val.json").read_text())
-    assert single["samples"] == 600
+    assert single["samples"] == 601
     last_epoch = load(checkpoints / "last.pt")["history"][-1]
     assert single["metrics"]["val/accuracy"] == last_epoch["val/accuracy"]
     assert single["metrics"]["val/loss"] == pytest.approx(last_epoch["val/loss"], rel=1e-5)
@@ -73,6 +75,7 @@ def test_ddp_metrics_count_every_sample_once_and_a_single_process_agrees(tmp_pat
     result = run_cli("test.py", f"checkpoint={checkpoints / 'best.pt'}", "device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     single = json.loads((checkpoints / "best.test.json").read_text())
+    assert single["samples"] == 501
     trained = json.loads((ddp_run / "metrics.json").read_text())
     assert single["metrics"]["test/accuracy"] == trained["test"]["test/accuracy"]
     assert single["metrics"]["test/loss"] == pytest.approx(trained["test"]["test/loss"], rel=1e-5)
@@ -95,7 +98,7 @@ def test_sigterm_to_the_torchrun_group_then_resume_is_bitwise_exact(tmp_path: Pa
     (run_dir,) = run_dirs(tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
     state = load(last)
-    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 75, "saved in the middle of epoch 2"
+    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 76, "saved in the middle of epoch 2"
 
     result = torchrun(f"resume={last}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -129,7 +132,7 @@ def test_single_process_checkpoints_continue_under_torchrun_and_a_nan_stops_ever
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 2
     before = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").glob("*.pt")}
 
-    # Every rank reads the same (averaged) losses, so all stop at the same step: no hang.
+    # Every rank stops at the same step with one clear message (no hang, no traceback wall).
     result = torchrun(f"resume={last}", "optimizer.lr=1e30", "trainer.epochs=4", cwd=tmp_path)
     assert result.returncode != 0
     assert "Non-finite training loss" in result.stderr
@@ -137,6 +140,7 @@ def test_single_process_checkpoints_continue_under_torchrun_and_a_nan_stops_ever
 
 
 def test_early_stopping_stops_every_rank_at_the_same_epoch(tmp_path: Path) -> None:
+    # A rank that went on alone would hang in its next collective and time the test out.
     stop = ["trainer.early_stopping.patience=1", "trainer.early_stopping.min_delta=100", "trainer.epochs=5"]
     result = torchrun("data=synthetic", "data.dataset.train_size=1000", *FAST, *stop, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -190,3 +194,48 @@ def test_slurm_preset_composes_with_the_cluster_settings(tmp_path: Path) -> None
     assert "SlurmLauncher" in result.stdout
     for line in ("partition: gpu", "nodes: 2", "gpus_per_node: 1", "timeout_min: 240", "signal_delay_s: 120", "max_num_timeout: 3"):
         assert line in result.stdout
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("num_samples", [10, 11, 13])
+def test_each_rank_gets_its_share_on_both_data_paths(world_size: int, num_samples: int) -> None:
+    import torch
+
+    from src.data.batches import EpochSampler, InMemoryBatches, LoaderBatches, Normalize
+
+    inputs = torch.arange(num_samples, dtype=torch.uint8).view(-1, 1, 1, 1)
+    targets = torch.arange(num_samples)
+    dataset = list(zip(inputs, targets.tolist()))
+    cpu, identity = torch.device("cpu"), Normalize(None, None, torch.device("cpu"))
+    for pad in (True, False):
+        shares = []
+        for rank in range(world_size):
+            memory = InMemoryBatches(inputs, targets, 3, pad, 7, identity, rank=rank, world_size=world_size, pad=pad)
+            loader = LoaderBatches(dataset, 3, pad, 7, 0, cpu, identity, rank=rank, world_size=world_size, pad=pad)
+            for start in range(len(memory)):  # from any batch on, as a resumed epoch does
+                memory.set_epoch(1, start_batch=start)
+                loader.set_epoch(1, start_batch=start)
+                from_memory = [y.tolist() for _, y in memory]
+                assert from_memory == [y.tolist() for _, y in loader]
+                assert len(from_memory) == len(memory) - start
+            memory.set_epoch(1)
+            shares.append([i for _, y in memory for i in y.tolist()])
+        if pad:  # training: equal shares, every sample at least once
+            assert len({len(share) for share in shares}) == 1
+            assert set().union(*shares) == set(range(num_samples))
+        else:  # evaluation: every sample exactly once
+            assert sorted(i for share in shares for i in share) == list(range(num_samples))
+    sampler = EpochSampler(num_samples, shuffle=True, seed=7, rank=1, world_size=world_size, pad=True)
+    assert len(sampler) == len(list(sampler))
+
+
+def test_sweeps_are_refused_under_torchrun_and_a_stray_rank_variable_is_ignored(tmp_path: Path) -> None:
+    result = torchrun("-m", "data=synthetic", "optimizer.lr=1e-3,1e-2", *FAST, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "--multirun under torchrun" in result.stderr
+    assert not (tmp_path / "saved").exists()
+    # RANK alone (set by other launchers) is not torchrun: a plain run, which writes as usual.
+    result = run_cli("train.py", "data=synthetic", "data.dataset.train_size=500", "trainer.epochs=1", *FAST, cwd=tmp_path, env={"RANK": "1"})
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    assert (run_dir / "metrics.json").is_file()

@@ -40,6 +40,12 @@ def shard(order: torch.Tensor, rank: int, world_size: int, pad: bool) -> torch.T
     return order[rank::world_size]
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """`seed` for rank 0 (and a single process); another seed for each other rank, so
+    that ranks do not draw the same augmentations for their different samples."""
+    return seed if rank == 0 else (seed * 1_009 + rank) % 2**63
+
+
 def shard_size(num_samples: int, rank: int, world_size: int, pad: bool) -> int:
     """len(shard(...)) for an order of `num_samples`, without building it."""
     if pad:
@@ -147,7 +153,7 @@ class InMemoryBatches:
             index = rows if order is None else order[rows]
             inputs = self.inputs[index]
             if self.augment is not None and self.generator is not None:
-                self.generator.manual_seed(((self.seed * 100_003 + self.epoch) * 1_000_003 + i) * 1_009 + self.rank)
+                self.generator.manual_seed(rank_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + i, self.rank))
                 inputs = self.augment(inputs, self.generator)
             yield self.normalize(inputs), self.targets[index]
 
@@ -169,8 +175,12 @@ class EpochSampler(Sampler[int]):
         order = epoch_permutation(self.num_samples, self.seed, self.epoch) if self.shuffle else torch.arange(self.num_samples)
         return shard(order, self.rank, self.world_size, self.pad)
 
+    def share_size(self) -> int:
+        """Samples in this rank's share of an epoch."""
+        return shard_size(self.num_samples, self.rank, self.world_size, self.pad)
+
     def __len__(self) -> int:
-        return shard_size(self.num_samples, self.rank, self.world_size, self.pad) - self.start
+        return self.share_size() - self.start
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._order()[self.start :].tolist())
@@ -216,14 +226,12 @@ class LoaderBatches:
         return self.sampler.num_samples
 
     def __len__(self) -> int:
-        sampler = self.sampler
-        share = shard_size(sampler.num_samples, sampler.rank, sampler.world_size, sampler.pad)
-        return min(math.ceil(share / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
+        return min(math.ceil(self.sampler.share_size() / self.batch_size), self.limit or math.inf)  # type: ignore[type-var]
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
         self.start_batch = start_batch
-        self.generator.manual_seed(self.seed * 100_003 + epoch)  # worker seeds follow (seed, epoch)
+        self.generator.manual_seed(rank_seed(self.seed * 100_003 + epoch, self.sampler.rank))  # worker seeds follow (seed, epoch, rank)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch, (inputs, targets) in enumerate(self.loader, start=self.start_batch):

@@ -62,8 +62,9 @@ def build_data(
     validates on those same batches.
     """
     needs_train = bool({"train", "val"} & set(splits)) or (cfg.get("standardize") and stats is None)
-    train_set = load_dataset(cfg, train=True) if needs_train else None
-    test_set = load_dataset(cfg, train=False) if "test" in splits else None
+    with distributed.rank_zero_first():  # under torchrun, one process downloads
+        train_set = load_dataset(cfg, train=True) if needs_train else None
+        test_set = load_dataset(cfg, train=False) if "test" in splits else None
     in_memory = _use_in_memory(cfg, [d for d in (train_set, test_set) if d is not None])
     train_idx, val_idx = split_indices(len(train_set), cfg.val_split, cfg.split_seed) if train_set is not None else (None, None)
     if cfg.get("standardize") and stats is None:

@@ -14,8 +14,14 @@ from src.utils.errors import UserError
 def resolve_device(name: str) -> torch.device:
     """`auto` picks cuda > mps > cpu; an explicit device must exist on this machine.
     Under torchrun, `auto` and `cuda` mean this process's own GPU (LOCAL_RANK)."""
-    if name in ("auto", "cuda") and launched_by_torchrun() and torch.cuda.is_available():
-        return torch.device("cuda", local_rank())
+    if launched_by_torchrun() and torch.cuda.is_available():
+        if name in ("auto", "cuda"):
+            return torch.device("cuda", local_rank())
+        if name.startswith("cuda:"):
+            raise UserError(
+                f"trainer.device={name!r} under torchrun: each process uses the GPU of its LOCAL_RANK. "
+                f"Use trainer.device=auto or cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)."
+            )
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

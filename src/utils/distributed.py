@@ -9,23 +9,23 @@ here is a no-op and nothing imports torch.distributed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
 def launched_by_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+    return all(key in os.environ for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", 0))
+    """This process's rank under torchrun; 0 otherwise (whatever RANK says: other
+    launchers set it for their own purposes)."""
+    return int(os.environ["RANK"]) if launched_by_torchrun() else 0
 
 
 def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", 0))
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ["LOCAL_RANK"]) if launched_by_torchrun() else 0
 
 
 def is_rank_zero() -> bool:
@@ -58,7 +58,18 @@ def is_distributed() -> bool:
 
 def rank_and_world_size() -> tuple[int, int]:
     """(rank, number of ranks) of this process's group; (0, 1) outside torchrun."""
-    return (rank(), world_size()) if is_distributed() else (0, 1)
+    return (rank(), int(os.environ["WORLD_SIZE"])) if is_distributed() else (0, 1)
+
+
+@contextmanager
+def rank_zero_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. downloads a dataset), then the other ranks
+    (which then find the files)."""
+    if not is_rank_zero():
+        barrier()
+    yield
+    if is_rank_zero():
+        barrier()
 
 
 def destroy_process_group() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from src.utils.distributed import launched_by_torchrun
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -44,8 +46,16 @@ def rng_state() -> dict[str, Any]:
             "gauss": float(np_state["gauss"]),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": _cuda_rng_states(),
     }
+
+
+def _cuda_rng_states() -> list[torch.Tensor]:
+    if not torch.cuda.is_available():
+        return []
+    if launched_by_torchrun():  # this process's own GPU: touching the others would open a context on each
+        return [torch.cuda.get_rng_state()]
+    return torch.cuda.get_rng_state_all()
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -61,5 +71,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         }
     )
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+    if not state["cuda"] or not torch.cuda.is_available():
+        return
+    if launched_by_torchrun() and len(state["cuda"]) == 1:
+        torch.cuda.set_rng_state(state["cuda"][0])
+    elif len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
