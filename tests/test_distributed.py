@@ -162,7 +162,8 @@ def test_slurm_warning_signal_saves_then_hands_over_to_the_requeue_handler(tmp_p
         f"sys.path.insert(0, {str(REPO)!r})\n"
         f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
     )
-    overrides = ["data=synthetic", "data.dataset.train_size=4000", "data.batch_size=16", "trainer.epochs=3", *FAST]
+    # The cnn at batch 16: about a second per epoch, so the signal lands mid-epoch.
+    overrides = ["data=synthetic", "model=cnn", "data.dataset.train_size=4000", "data.batch_size=16", "trainer.epochs=3", *FAST]
     process = subprocess.Popen(
         [sys.executable, str(wrapper), *overrides], cwd=tmp_path, env=cli_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
