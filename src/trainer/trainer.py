@@ -442,6 +442,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly: tensors and plain values only."""
+        rng = rng_state()
         return {
             "format_version": FORMAT_VERSION,
             "model": self.model.state_dict(),
@@ -457,11 +458,11 @@ class Trainer:
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
             "early_stopping": self.early_stopping.state_dict(),
-            "rng": rng_state(),
+            "rng": rng,
             # Under torchrun, each rank's own RNGs and partial metric sums (rank order),
             # so that every rank resumes exactly where it stopped.
             "world_size": self.world_size,
-            "rank_states": distributed.gather({"rng": rng_state(), "partial_epoch_metrics": self.partial_metrics})
+            "rank_states": distributed.gather({"rng": rng, "partial_epoch_metrics": self.partial_metrics})
             if self.distributed
             else None,
             "config": self.config_yaml,
