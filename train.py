@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from src.trainer.signals import StopRequest
 from src.utils.config import app_help, register_resolvers, validate_train_config, wants_app_help
 from src.utils.distributed import barrier, destroy_process_group, init_process_group, launched_by_torchrun
 from src.utils.console import report_error
@@ -60,10 +61,16 @@ if __name__ == "__main__":
             sys.exit(2)
         # Before Hydra: rank 0 names the run folder and the other ranks must hear it.
         init_process_group()
+    # Under torchrun, ranks that finish or stop together also leave together: one that
+    # tears down its connections while another still talks to it can abort. (After a
+    # failure of one rank torchrun stops the others, so no rank waits for them.)
     try:
         main()
-        # Under torchrun, ranks leave together: one that tears down its connections
-        # while another still talks to it can abort. (On a failure torchrun stops the rest.)
+    except SystemExit as stop:
+        if stop.code in {128 + s for s in StopRequest.SIGNALS}:  # every rank stopped after the same step
+            barrier()
+        raise
+    else:
         barrier()
     finally:
         destroy_process_group()

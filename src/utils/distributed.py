@@ -74,8 +74,13 @@ def rank_zero_first() -> Iterator[None]:
 
 def destroy_process_group() -> None:
     if is_distributed():
+        import gc
+
         import torch.distributed as dist
 
+        # DDP's reducer keeps the group's threads alive; freed only at interpreter exit,
+        # after the group is gone, it can abort the process ("terminate called ...").
+        gc.collect()
         dist.destroy_process_group()
 
 
