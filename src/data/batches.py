@@ -40,6 +40,12 @@ def shard(order: torch.Tensor, rank: int, world_size: int, pad: bool) -> torch.T
     return order[rank::world_size]
 
 
+def epoch_share(num_samples: int, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int, pad: bool) -> torch.Tensor:
+    """The sample indices of one epoch for one rank: both data paths use this order."""
+    order = epoch_permutation(num_samples, seed, epoch) if shuffle else torch.arange(num_samples)
+    return shard(order, rank, world_size, pad)
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """`seed` for rank 0 (and a single process); another seed for each other rank, so
     that ranks do not draw the same augmentations for their different samples."""
@@ -138,13 +144,10 @@ class InMemoryBatches:
 
     def _order(self) -> torch.Tensor | None:
         """This rank's sample indices for the epoch; None: all samples in order."""
-        if self.shuffle:
-            order = epoch_permutation(self.num_samples, self.seed, self.epoch)
-        elif self.world_size > 1:
-            order = torch.arange(self.num_samples)
-        else:
+        if not self.shuffle and self.world_size == 1:
             return None  # plain slices: no index tensor to build
-        return shard(order, self.rank, self.world_size, self.pad).to(self.targets.device)
+        order = epoch_share(self.num_samples, self.shuffle, self.seed, self.epoch, self.rank, self.world_size, self.pad)
+        return order.to(self.targets.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order()
@@ -171,10 +174,6 @@ class EpochSampler(Sampler[int]):
         self.rank, self.world_size, self.pad = rank, world_size, pad
         self.epoch, self.start = 0, 0
 
-    def _order(self) -> torch.Tensor:
-        order = epoch_permutation(self.num_samples, self.seed, self.epoch) if self.shuffle else torch.arange(self.num_samples)
-        return shard(order, self.rank, self.world_size, self.pad)
-
     def share_size(self) -> int:
         """Samples in this rank's share of an epoch."""
         return shard_size(self.num_samples, self.rank, self.world_size, self.pad)
@@ -183,7 +182,8 @@ class EpochSampler(Sampler[int]):
         return self.share_size() - self.start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._order()[self.start :].tolist())
+        order = epoch_share(self.num_samples, self.shuffle, self.seed, self.epoch, self.rank, self.world_size, self.pad)
+        return iter(order[self.start :].tolist())
 
 
 class LoaderBatches:
