@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import signal
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -150,6 +151,7 @@ class Trainer:
         self.early_stopping = EarlyStopping(cfg.mode, cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         self.stopped_early = False
         self.stop = StopRequest()
+        self.stopping = 0  # the signal every rank agreed to stop for (0: none)
         self.first_step_logged = False
         self.epoch_first_step = 0  # the global step count when the current epoch began
         self.profiler: torch.profiler.profile | None = None
@@ -300,12 +302,13 @@ class Trainer:
 
     def _signalled(self) -> bool:
         """Whether SIGINT/SIGTERM arrived. Under torchrun the ranks agree after every
-        step (one tiny CPU all-reduce), so they all stop at the same step."""
+        step (one tiny CPU all-reduce), so they all stop at the same step; only the
+        agreed value counts, since a signal may land on one rank right after the vote."""
+        signum = self.stop.signum or 0  # read once
         if self.distributed:
-            signum = distributed.max_across_ranks(self.stop.signum or 0)
-            if signum:
-                self.stop.signum = signum
-        return self.stop.signum is not None
+            signum = distributed.max_across_ranks(signum)
+        self.stopping = signum
+        return signum != 0
 
     def _check_ranks_agree(self) -> None:
         """Under torchrun, check that every rank ends with bitwise the same weights: DDP
@@ -398,10 +401,10 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
         last = self.checkpoint_dir / "last.pt"
         launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
-        message = f"{self.stop.name} received: saved {last} at {where} (step {self.step}). Resume with: {launch} train.py resume={last}"
+        message = f"{signal.Signals(self.stopping).name} received: saved {last} at {where} (step {self.step}). Resume with: {launch} train.py resume={last}"
         log.warning(message)
         self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
-        raise RunStopped(message, exit_code=128 + (self.stop.signum or 0))
+        raise RunStopped(message, exit_code=128 + self.stopping)
 
     def _step_scheduler(self, monitored: float) -> None:
         if self.scheduler is None:
