@@ -184,3 +184,14 @@ def test_resume_refuses_overrides_the_saved_state_cannot_take(tmp_path: Path, un
     assert message in result.stderr, result.stderr
     after = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*") if "tensorboard" not in p.parts)
     assert after == [p for p in before if "tensorboard" not in p.parts], "the run folder is left as it was"
+
+
+def test_a_resume_names_its_config_snapshot_once_per_process() -> None:
+    # Hydra resolves hydra.output_subdir more than once; across a second boundary two
+    # names meant a refused resume deleted one folder and left the other behind.
+    from src.utils.config import output_subdir
+
+    first = output_subdir("saved/runs/x/y/checkpoints/last.pt")
+    time.sleep(1.1)
+    assert output_subdir("saved/runs/x/y/checkpoints/last.pt") == first
+    assert first.startswith(".hydra/resume_")

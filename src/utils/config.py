@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -197,7 +198,14 @@ def output_subdir(resume: str | None) -> str | None:
     writes one (None: Hydra writes none)."""
     if not distributed.is_rank_zero():
         return None
-    return f".hydra/resume_{datetime.now().strftime(STAMP_FORMAT)}" if resume else ".hydra"
+    return f".hydra/resume_{_process_stamp()}" if resume else ".hydra"
+
+
+@functools.cache
+def _process_stamp() -> str:
+    """One timestamp per process: Hydra resolves `hydra.output_subdir` more than once,
+    and a second boundary between two resolutions named two different folders."""
+    return datetime.now().strftime(STAMP_FORMAT)
 
 
 def job_dirname(number: int, overrides: str) -> str:
