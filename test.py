@@ -1,7 +1,6 @@
 """Evaluate a checkpoint: `python test.py checkpoint=saved/runs/<run>/<time>/checkpoints/best.pt`."""
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -9,6 +8,7 @@ from omegaconf import DictConfig
 
 from src.utils.config import app_help, register_resolvers, validate_test_config, wants_app_help
 from src.utils.errors import exit_on_user_error
+from src.utils.run_folder import recorded
 
 
 register_resolvers()  # configs/hydra/default.yaml uses them
@@ -16,7 +16,10 @@ register_resolvers()  # configs/hydra/default.yaml uses them
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="test")
 def main(cfg: DictConfig) -> None:
-    with exit_on_user_error(Path(HydraConfig.get().runtime.output_dir)):
+    hydra_cfg = HydraConfig.get()
+    folder = recorded(hydra_cfg.runtime.output_dir)
+    with exit_on_user_error(folder, hydra_cfg.output_subdir):
+        folder.lock()
         validate_test_config(cfg)
         # Imported only now: `--help` and config errors never pay for importing torch.
         from src.evaluate import evaluate_checkpoint

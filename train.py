@@ -10,9 +10,10 @@ from omegaconf import DictConfig, open_dict
 
 from src.trainer.signals import StopRequest
 from src.utils.config import app_help, register_resolvers, validate_train_config, wants_app_help
-from src.utils.distributed import barrier, destroy_process_group, init_process_group, launched_by_torchrun
+from src.utils.distributed import barrier, destroy_process_group, init_process_group, is_rank_zero, launched_by_torchrun
 from src.utils.console import report_error
 from src.utils.errors import exit_on_user_error
+from src.utils.run_folder import RunFolder, recorded
 
 register_resolvers()  # used by configs/hydra/default.yaml to name and place run folders
 
@@ -29,6 +30,7 @@ def run(cfg: DictConfig) -> float:
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    folder = recorded(run_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
         from src.utils.sweep import finished_job_metric, run_sweep_job
 
@@ -41,10 +43,19 @@ def main(cfg: DictConfig) -> float:
         if (run_dir / "checkpoints" / "last.pt").is_file():
             with open_dict(cfg):
                 cfg.resume = str(run_dir / "checkpoints" / "last.pt")
-        return run_sweep_job(lambda: run(cfg), run_dir, list(hydra_cfg.overrides.task))
-    hydra_dir = run_dir / hydra_cfg.output_subdir if hydra_cfg.output_subdir else None
-    with exit_on_user_error(run_dir, hydra_dir):
-        return run(cfg)
+        try:
+            return run_sweep_job(lambda: locked_run(folder, cfg), run_dir, list(hydra_cfg.overrides.task))
+        finally:
+            folder.release()  # one sweep process runs many jobs
+    with exit_on_user_error(folder, hydra_cfg.output_subdir):
+        return locked_run(folder, cfg)
+
+
+def locked_run(folder: RunFolder, cfg: DictConfig) -> float:
+    """`run(cfg)` while holding the run folder's lock (rank 0 writes, so rank 0 locks)."""
+    if is_rank_zero():
+        folder.lock()
+    return run(cfg)
 
 
 if __name__ == "__main__":

@@ -166,13 +166,18 @@ def claim_stamp(base: str) -> str:
 
 
 def _claim_new_stamp(base: str) -> str:
+    from src.utils.run_folder import missing_ancestors, note_claimed
+
     stamp = datetime.now().strftime(STAMP_FORMAT)
     for n in itertools.count():
         name = stamp if n == 0 else f"{stamp}_{n}"
+        folder = Path(base) / name
+        created = missing_ancestors(folder)
         try:
-            (Path(base) / name).mkdir(parents=True)
+            folder.mkdir(parents=True)
         except FileExistsError:
             continue
+        note_claimed(folder, created)  # an early error may remove it: this process made it
         return name
     raise AssertionError("unreachable")
 

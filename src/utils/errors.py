@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from src.utils.run_folder import RunFolder
 
 
 class UserError(Exception):
@@ -34,12 +36,12 @@ def one_line(err: BaseException, limit: int = 300) -> str:
 
 
 @contextmanager
-def exit_on_user_error(run_dir: Path, hydra_dir: Path | None = None) -> Iterator[None]:
+def exit_on_user_error(folder: RunFolder, output_subdir: str | None = None) -> Iterator[None]:
     """Turn a UserError or RunStopped into a message and an exit code.
 
-    After a UserError, a run folder that holds no checkpoint yet is deleted, so bad
-    input never leaves a half-written run behind; in a kept folder (a failed resume)
-    the config snapshot Hydra wrote for this attempt (`hydra_dir`) is removed.
+    After a UserError, what this command created in its run `folder` is removed (see
+    `RunFolder.remove_what_this_run_created`), so bad input never leaves a half-written
+    run behind and never touches what was there before.
     """
     from src.utils.console import report_error
     from src.utils.distributed import is_rank_zero
@@ -51,14 +53,6 @@ def exit_on_user_error(run_dir: Path, hydra_dir: Path | None = None) -> Iterator
         raise SystemExit(stop.exit_code) from None
     except UserError as err:
         report_error(str(err))
-        if not is_rank_zero():  # under torchrun, rank 0 tidies up
-            raise SystemExit(2) from None
-        if run_dir.is_dir() and not any((run_dir / "checkpoints").glob("*.pt")):
-            shutil.rmtree(run_dir, ignore_errors=True)
-            try:
-                run_dir.parent.rmdir()  # the run name's folder, when this was its only run
-            except OSError:
-                pass
-        elif hydra_dir is not None and hydra_dir != run_dir / ".hydra":
-            shutil.rmtree(hydra_dir, ignore_errors=True)
+        if is_rank_zero():  # under torchrun, rank 0 tidies up
+            folder.remove_what_this_run_created(output_subdir)
         raise SystemExit(2) from None

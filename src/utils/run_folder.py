@@ -1,0 +1,191 @@
+"""The run folder: what this command created in it, and one writer at a time.
+
+A run may write into a folder that existed before the command: a resumed run's own
+folder, or one the user named (`hydra.run.dir=.`). So the folder is looked at before
+Hydra creates or writes anything (`RunFolderCallback`), and after an early error only
+what this command created is removed; nothing that was there before is touched.
+
+While a run writes, it holds an OS lock on `<run folder>/.lock` (fcntl.flock). A second
+process that wants to write there (a second `resume=` of the same run) is refused,
+with the first one named. The kernel drops the lock when its process ends, by
+`kill -9` too, so no stale lock can outlive a run.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from src.utils.errors import UserError
+
+LOCK_NAME = ".lock"
+# Everything a run or an evaluation writes at the top of its folder. Only these names
+# are ever removed, and only when this command created them.
+RUN_ENTRIES = (".hydra", LOCK_NAME, "train.log", "test.log", "checkpoints", "tensorboard", "metrics.json")
+
+# Folders that `claim_stamp` created in this process, with the ancestors it created for them.
+_claimed: dict[str, list[str]] = {}
+# The folder `RunFolderCallback` looked at before Hydra wrote anything.
+_recorded: RunFolder | None = None
+
+
+def missing_ancestors(path: Path) -> list[str]:
+    """`path` and those of its parents that do not exist yet, innermost first: what
+    `path.mkdir(parents=True)` would create."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(os.path.abspath(folder))
+    return missing
+
+
+def note_claimed(path: Path, created: list[str]) -> None:
+    """Record that this process created `path` (and the folders in `created`) for a run."""
+    _claimed[os.path.abspath(path)] = created
+
+
+@dataclass
+class RunFolder:
+    """A run folder as it was before this command wrote there."""
+
+    path: Path
+    # Folders this command creates for the run, innermost first ([] when it existed).
+    created: list[str]
+    entries_before: frozenset[str]
+    hydra_entries_before: frozenset[str]
+    _lock: Any = field(default=None, repr=False)
+
+    @classmethod
+    def look_at(cls, path: str | Path) -> RunFolder:
+        absolute = os.path.abspath(path)
+        created = _claimed[absolute] if absolute in _claimed else missing_ancestors(Path(absolute))
+        folder = Path(absolute)
+        return cls(folder, created, _names(folder) if not created else frozenset(), _names(folder / ".hydra"))
+
+    @property
+    def is_new(self) -> bool:
+        return bool(self.created)
+
+    def check_writable(self) -> None:
+        """A clear error, before Hydra writes anything, for a folder that cannot be one."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"hydra.run.dir={str(self.path)!r} is a file, not a folder: name a folder (new or existing) for the run's output.")
+        if not self.is_new and not os.access(self.path, os.W_OK | os.X_OK):
+            raise UserError(
+                f"The run folder {str(self.path)!r} is not writable: this command writes its config snapshot, log and "
+                f"checkpoints there (a resumed run continues in its own folder). Make it writable, or copy the run "
+                f"folder to a writable place and resume from the copy."
+            )
+
+    def lock(self) -> None:
+        """Hold the run folder's lock until this process ends; refuse if another holds it."""
+        path = self.path / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise UserError(f"Cannot write to the run folder {str(self.path)!r}: {err.strerror}. Make it writable, or choose another folder.") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(
+                f"The run folder {str(self.path)!r} is in use by {holder}. Two processes writing one run would "
+                f"overwrite each other's checkpoints and logs: wait for that one to finish, or stop it (Ctrl-C saves "
+                f"a checkpoint), then resume."
+            ) from None
+        os.ftruncate(fd, 0)
+        started = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} (started {started}: {' '.join(sys.argv)})\n".encode())
+        self._lock = fd  # kept open: closing it would release the lock
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def remove_what_this_run_created(self, output_subdir: str | None) -> None:
+        """After an early error: remove what this command created, unless it already
+        wrote a checkpoint. Without the lock, another process may be writing here, so
+        only this command's own config snapshot (`output_subdir`) is removed."""
+        if any((self.path / "checkpoints").glob("*.pt")) and "checkpoints" not in self.entries_before:
+            return
+        holds_lock = self._lock is not None
+        if self.is_new and holds_lock:
+            shutil.rmtree(self.path, ignore_errors=True)
+            for folder in self.created[1:]:  # the parents created for it, if nothing else arrived there
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+            return
+        if holds_lock:
+            for name in set(RUN_ENTRIES) - self.entries_before:
+                _remove(self.path / name)
+        snapshot = Path(output_subdir) if output_subdir else None
+        if snapshot is not None and snapshot.parent == Path(".hydra") and snapshot.name not in self.hydra_entries_before:
+            _remove(self.path / snapshot)  # a resume's own config snapshot, .hydra/resume_<time>
+
+
+def recorded(path: str | Path) -> RunFolder:
+    """The folder as `RunFolderCallback` saw it before Hydra wrote there; for a folder
+    it did not see (a sweep's job), the folder as it is now, so nothing in it counts
+    as created by this command."""
+    if _recorded is not None and _recorded.path == Path(os.path.abspath(path)):
+        return _recorded
+    folder = Path(os.path.abspath(path))
+    return RunFolder(folder, [], _names(folder), _names(folder / ".hydra"))
+
+
+class RunFolderCallback(Callback):
+    """Hydra callback: look at the run folder before Hydra creates or writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from src.utils.console import report_error
+        from src.utils.distributed import is_rank_zero
+
+        global _recorded
+        HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolves
+        try:
+            check_run_name(OmegaConf.select(config, "name", default=None))
+            _recorded = RunFolder.look_at(str(config.hydra.run.dir))
+            if is_rank_zero():
+                _recorded.check_writable()
+        except UserError as err:
+            report_error(str(err))
+            raise SystemExit(2) from None
+
+
+def check_run_name(name: Any) -> None:
+    """`name` becomes one folder under saved/runs/: never a path that leaves it."""
+    if name is None:
+        return
+    text = str(name)
+    if text in ("", ".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise UserError(f"Invalid value name={text!r}: expected a folder name (no '/', not '.' or '..'); runs go to saved/runs/<name>/<time>/.")
+
+
+def _names(folder: Path) -> frozenset[str]:
+    try:
+        return frozenset(os.listdir(folder))
+    except OSError:
+        return frozenset()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
