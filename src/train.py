@@ -22,12 +22,13 @@ from src.data.builder import build_data
 from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.tensorboard import log_hparams
 from src.trainer.trainer import Trainer, evaluate
-from src.trainer.resume import changed_optimizer_values, resumed_config
+from src.trainer.signals import StopRequest
+from src.trainer.resume import changed_optimizer_values, restore_best, resumed_config
 from src.utils import distributed
 from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
-from src.utils.errors import UserError, one_line
+from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
@@ -102,6 +103,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     try:
         if state is not None:
             trainer.load_state_dict(state, Path(cfg.resume))
+            if distributed.is_rank_zero():
+                restore_best(state, Path(cfg.resume), trainer.checkpoint_dir)
             for key, value in changed_optimizer_values(state["config"], cfg).items():
                 log.info(f"Resumed optimizer: {key} set to {value} for every parameter group")
                 for group in optimizer.param_groups:
@@ -111,16 +114,25 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
-        test = evaluate(
-            model,
-            loss_fn,
-            data.test,
-            cfg.data.num_outputs,
-            device,
-            task=cfg.data.task,
-            channels_last=trainer.channels_last,
-            precision=trainer.precision,
-        ).compute()
+        with StopRequest() as stop:
+            test = evaluate(
+                model,
+                loss_fn,
+                data.test,
+                cfg.data.num_outputs,
+                device,
+                task=cfg.data.task,
+                channels_last=trainer.channels_last,
+                precision=trainer.precision,
+                stop=stop,
+            ).compute()
+        if stop.signum:
+            last = trainer.checkpoint_dir / "last.pt"
+            raise RunStopped(
+                f"{stop.name} received during the final test of best.pt: training is complete and saved in {last}. "
+                f"To run the test and write metrics.json: python train.py resume={last}",
+                exit_code=128 + stop.signum,
+            )
         test = {f"test/{k}": v for k, v in test.items()}
         if distributed.is_rank_zero():
             _write_results(cfg, trainer, test, run_dir, time.time() - started)
@@ -136,7 +148,16 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
         trainer.writer.add_scalar(tag, value, trainer.step)
     results = _results(trainer, test, run_dir)
     results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=seconds)
-    atomic_write_json(run_dir / "metrics.json", results)
+    try:
+        atomic_write_json(run_dir / "metrics.json", results)
+    except OSError as err:
+        raise RunStopped(
+            f"Could not write {run_dir / 'metrics.json'}: {err.strerror or err}. Training and the test finished "
+            f"({trainer.monitor} best {trainer.best_metric:.4f} at epoch {trainer.best_epoch}; test {test}); "
+            f"the checkpoints are whole. Free some space, then write it again with: python train.py "
+            f"resume={trainer.checkpoint_dir / 'last.pt'}",
+            exit_code=1,
+        ) from None
     hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
     summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
     summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,23 @@ def run_cli(script: str, *overrides: str, cwd: Path, timeout: float = 180, env: 
         text=True,
         timeout=timeout,
     )
+
+
+def run_with_fault(script: str, fault: str, *overrides: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run the CLI like `run_cli`, after `fault` (Python source) has patched the child
+    process: a kill -9, a full disk or a signal injected at an exact point."""
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            f"sys.path.insert(0, {str(REPO)!r})",
+            textwrap.dedent(fault),
+            f"sys.argv = [{str(REPO / script)!r}, *sys.argv[1:]]",
+            "runpy.run_path(sys.argv[0], run_name='__main__')",
+        ]
+    )
+    env = cli_env()
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-c", code, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_dirs(cwd: Path) -> list[Path]:

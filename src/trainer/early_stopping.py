@@ -29,6 +29,10 @@ class EarlyStopping:
             self.best, self.wait = value, 0
         else:
             self.wait += 1
+        return self.should_stop
+
+    @property
+    def should_stop(self) -> bool:
         return self.patience > 0 and self.wait >= self.patience
 
     def state_dict(self) -> dict[str, Any]:

@@ -3,11 +3,16 @@ single-value overrides on top."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from src.utils.errors import UserError
+from src.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
 
 # Components whose saved state only loads into the same class.
 STATEFUL = ("model", "optimizer", "scheduler", "loss")
@@ -41,6 +46,7 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
             raise UserError(f"Cannot delete {key!r} when resuming; override its value instead.")
         OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     merged.resume = cfg.resume
+    _check_same_data_order(saved, merged, mid_epoch=bool(state.get("batch_in_epoch")))
     for name in STATEFUL:
         before, after = OmegaConf.select(saved, f"{name}._target_"), OmegaConf.select(merged, f"{name}._target_")
         if before != after:
@@ -49,6 +55,28 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
                 f"{before!r} and only loads into the same class. Start a new run to switch {name}s."
             )
     return merged
+
+
+# What decides which samples are validation samples: changed on resume, the new
+# validation set would hold samples the model was trained on.
+SPLIT_KEYS = ("data.val_split", "data.split_seed")
+# What decides the batches of an epoch: a mid-epoch position means nothing without them.
+ORDER_KEYS = ("data.batch_size", "seed")
+
+
+def _check_same_data_order(saved: DictConfig, merged: DictConfig, mid_epoch: bool) -> None:
+    for key in SPLIT_KEYS + (ORDER_KEYS if mid_epoch else ()):
+        before, after = OmegaConf.select(saved, key), OmegaConf.select(merged, key)
+        if before != after:
+            why = (
+                "the validation set would then hold samples the model was trained on"
+                if key in SPLIT_KEYS
+                else "the checkpoint was saved in the middle of an epoch, and its position there only means something for the same batches"
+            )
+            raise UserError(
+                f"Cannot resume with {key}={after!r}: the run used {key}={before!r}, and {why}. Resume without "
+                f"changing it{'' if key in SPLIT_KEYS else ' (or resume an epoch-end checkpoint such as epoch_NNN.pt)'}, or start a new run."
+            )
 
 
 def changed_optimizer_values(saved_yaml: str, cfg: DictConfig) -> dict[str, object]:
@@ -62,3 +90,43 @@ def changed_optimizer_values(saved_yaml: str, cfg: DictConfig) -> dict[str, obje
         for key, value in OmegaConf.to_container(cfg.optimizer, resolve=True).items()  # type: ignore[union-attr]
         if not key.startswith("_") and saved.get(key) != value
     }
+
+
+def restore_best(state: dict[str, Any], resumed_from: Path, checkpoint_dir: Path) -> None:
+    """Make the run's `best.pt` hold the epoch that the resumed `state` names as best.
+
+    A kill between the renames of one save (best.pt, then last.pt) leaves best.pt one
+    improvement ahead of last.pt; a copy of the run or a hand-deleted file can leave it
+    behind. The right weights are then in the resumed checkpoint itself (saved at the
+    end of its best epoch) or in that epoch's epoch_NNN.pt."""
+    best_epoch = state.get("best_epoch")
+    best = checkpoint_dir / "best.pt"
+    if best_epoch is None or best == resumed_from or _holds_best(best, best_epoch, state["best_metric"]):
+        return
+    epoch_file = f"epoch_{best_epoch:03d}.pt"
+    candidates = list(dict.fromkeys([checkpoint_dir / epoch_file, resumed_from.parent / epoch_file]))
+    if state["epoch"] == best_epoch and not state["batch_in_epoch"]:
+        candidates.insert(0, resumed_from)
+    for source in candidates:
+        if source.is_file() and _holds_best(source, best_epoch, state["best_metric"]):
+            data = source.read_bytes()
+            atomic_write(best, lambda f: f.write(data))
+            log.warning(f"{best} did not hold the best epoch ({best_epoch}) that {resumed_from.name} names; restored it from {source.name}.")
+            return
+    log.warning(
+        f"{best} does not hold the best epoch ({best_epoch}) that {resumed_from.name} names, and no checkpoint of that "
+        f"epoch is left to restore it from; it will be replaced when {state.get('monitor', 'the monitored metric')} improves."
+    )
+
+
+def _holds_best(path: Path, epoch: int, metric: float | None) -> bool:
+    """Whether `path` is the checkpoint saved at the end of `epoch` with best value `metric`."""
+    from src.trainer.checkpoint import load_checkpoint
+
+    if not path.is_file():
+        return False
+    try:
+        saved = load_checkpoint(path)
+    except UserError:
+        return False
+    return saved["epoch"] == epoch and not saved.get("batch_in_epoch") and saved.get("best_metric") == metric

@@ -66,12 +66,16 @@ def evaluate(
     confusion: bool = False,
     channels_last: bool = False,
     precision: str = "32",
+    stop: StopRequest | None = None,
 ) -> Metrics:
-    """Run `model` over every batch once, in eval mode, and return the summed metrics."""
+    """Run `model` over every batch once, in eval mode, and return the summed metrics;
+    when `stop` receives a signal, return after the current batch."""
     model.eval()
     metrics = make_metrics(task, num_outputs, device, confusion=confusion)
     batches.set_epoch(0)
     for inputs, targets in batches:
+        if stop is not None and stop.signum:
+            break
         with autocast(device, precision):
             outputs = model(to_memory_format(inputs, channels_last))
             loss = loss_fn(outputs, targets)
@@ -402,7 +406,6 @@ class Trainer:
         last = self.checkpoint_dir / "last.pt"
         launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
         message = f"{signal.Signals(self.stopping).name} received: saved {last} at {where} (step {self.step}). Resume with: {launch} train.py resume={last}"
-        log.warning(message)
         self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
         raise RunStopped(message, exit_code=128 + self.stopping)
 
@@ -428,15 +431,27 @@ class Trainer:
         log.info(f"epoch {self.epoch}/{self.cfg.epochs}  {text}  lr {record['lr']:.2e}  {record['seconds']:.1f}s{mark}")
 
     def _save_checkpoints(self, best: bool) -> None:
-        paths = [self.checkpoint_dir / "last.pt"]
-        if best:
-            paths.append(self.checkpoint_dir / "best.pt")
+        # last.pt is renamed last: it is what a resume starts from, so after a kill
+        # between two renames the resume repeats this save, and every file it names
+        # (this epoch's epoch_NNN.pt, best.pt) exists; see resume.restore_best.
+        paths = []
         every = self.cfg.save_every_n_epochs
         if every and not self.batch_in_epoch and self.epoch % every == 0:
             paths.append(self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt")
+        if best:
+            paths.append(self.checkpoint_dir / "best.pt")
+        paths.append(self.checkpoint_dir / "last.pt")
         state = self.state_dict()  # on every rank: it gathers each rank's RNG state
         if self.rank_zero:
-            save_checkpoint(state, *paths)
+            try:
+                save_checkpoint(state, *paths)
+            except OSError as err:  # a full or read-only disk: each file is whole, old or new
+                raise RunStopped(
+                    f"Could not write a checkpoint in {self.checkpoint_dir}: {err.strerror or err}. Every checkpoint "
+                    f"there is whole (each is replaced only once its new version is complete). Free some space, then "
+                    f"resume: python train.py resume={self.checkpoint_dir / 'last.pt'}",
+                    exit_code=1,
+                ) from None
             if self.cfg.keep_last_k:
                 for old in sorted(self.checkpoint_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last_k]:
                     old.unlink()
@@ -494,6 +509,7 @@ class Trainer:
         if state.get("grad_scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["grad_scaler"])
         self.early_stopping.load_state_dict(state["early_stopping"])
+        self.stopped_early = self.early_stopping.should_stop  # a run that stopped early stays stopped
         self.history = list(state["history"])
         if own["rng"] is not None:
             set_rng_state(own["rng"])

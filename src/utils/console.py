@@ -18,6 +18,7 @@ from rich.logging import RichHandler
 from rich.text import Text
 
 from src.utils.distributed import is_rank_zero
+from src.utils.errors import RunStopped, UserError
 
 console = Console()
 if not console.is_terminal:  # a log file or pipe: no need to wrap at 80 columns
@@ -61,8 +62,23 @@ def logging_to(log_file: Path) -> Iterator[None]:
     setup_logging(log_file)
     try:
         yield
+    except (UserError, RunStopped) as err:  # printed as a paragraph by the entry point: the log file keeps it too
+        _write_to_log_file(f"{'Stopped' if isinstance(err, RunStopped) else 'Error'}: {err}", logging.ERROR)
+        raise
     finally:
         close_logging()
+
+
+def _write_to_log_file(message: str, level: int) -> None:
+    """One line in the log file only; a log file that cannot be written (a full disk) is left as it is."""
+    for handler in _handlers:
+        if isinstance(handler, logging.FileHandler):
+            record = logging.LogRecord("src", level, __file__, 0, message, None, None)
+            try:
+                with open(handler.baseFilename, "a", encoding="utf-8") as f:
+                    f.write(handler.format(record) + "\n")
+            except OSError:
+                pass
 
 
 def close_logging() -> None:

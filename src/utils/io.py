@@ -10,6 +10,17 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give a new file under this umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+# Read once: os.umask can only be read by setting it, which is not thread-safe.
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it
     over `path`. Readers see either the old file or the complete new one."""
@@ -17,6 +28,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp creates files 0600; these follow the umask like any other
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
