@@ -1,4 +1,4 @@
-"""Models written the way users write them train with the default settings."""
+"""Models and datasets written the way users write them train with the default settings."""
 
 from __future__ import annotations
 
@@ -96,3 +96,16 @@ def test_channels_last_auto_costs_nothing_without_images_and_convolutions(model:
     assert not use_channels_last(model, "auto", input_shape, CPU)
     assert calls == []
 
+
+def test_a_datasets_own_transform_is_applied_not_skipped(tmp_path: Path, fashion_root: Path) -> None:
+    """torchvision's `transform=` runs in the dataset's __getitem__, which only the
+    DataLoader path calls: `data.in_memory=auto` takes that path for it."""
+    pad = "+data.dataset.transform={_target_: torchvision.transforms.Pad, padding: 2}"
+    args = ("data=fashion_mnist", f"data.root={fashion_root}", "model=cnn", "data.input_shape=[1,32,32]", pad, *FAST)
+    result = run_cli("train.py", *args, "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "DataLoader data path" in result.stdout
+    result = run_cli("train.py", *args, "data.in_memory=true", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "has no `transform` of its own" in result.stderr and "Traceback" not in result.stderr
+    assert len(run_dirs(tmp_path)) == 1, "the refused run left no folder"
