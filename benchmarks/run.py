@@ -105,7 +105,7 @@ def overhead(make_model, images, targets, device: torch.device, steps: int, roun
             loss_fn=nn.CrossEntropyLoss(),
             optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
             scheduler=None,
-            data=DataSplits(train=batches, val=None, test=None, in_memory=True),
+            data=DataSplits(train=batches, val=None, test=None, in_memory=True, input_shape=tuple(images.shape[1:])),
             cfg=trainer_config(**trainer_options),
             num_outputs=10,
             device=device,

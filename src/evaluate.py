@@ -53,8 +53,8 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     load_model_state(model, state["model"], path)
     loss_fn = instantiate(trained.loss)
 
-    channels_last = use_channels_last(model, trained.trainer.get("channels_last", False))
     precision = str(trained.trainer.get("precision", "32"))
+    channels_last = use_channels_last(model, trained.trainer.get("channels_last", False), data.input_shape, device, precision)
     task = data_cfg.get("task", "classification")
     metrics = evaluate(
         model,

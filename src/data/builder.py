@@ -200,7 +200,10 @@ def _can_hold_in_memory(dataset: Any) -> bool:
     data, targets = getattr(dataset, "data", None), getattr(dataset, "targets", None)
     images = getattr(data, "dtype", None) in (torch.uint8, np.uint8) and getattr(data, "ndim", 0) in (3, 4)
     table = torch.is_tensor(data) and data.dtype == torch.float32 and data.ndim == 2
-    return data is not None and targets is not None and (images or table) and len(data) == len(targets)
+    # A transform of the dataset's own (torchvision's `transform=`) runs only in its
+    # __getitem__, which the in-memory path never calls.
+    own_transform = any(getattr(dataset, name, None) is not None for name in ("transform", "target_transform", "transforms"))
+    return data is not None and targets is not None and (images or table) and len(data) == len(targets) and not own_transform
 
 
 def _use_in_memory(cfg: DictConfig, datasets: list[Any]) -> bool:
@@ -212,8 +215,9 @@ def _use_in_memory(cfg: DictConfig, datasets: list[Any]) -> bool:
         if not capable:
             raise UserError(
                 f"data.in_memory=true needs a dataset that exposes uint8 `data` (N, H, W[, C]) or float32 `data` "
-                f"(N, F) and `targets` (like torchvision's MNIST, FashionMNIST, CIFAR10, the synthetic data or csv); "
-                f"{cfg.dataset._target_} does not. Use data.in_memory=auto or false."
+                f"(N, F) and `targets` (like torchvision's MNIST, FashionMNIST, CIFAR10, the synthetic data or csv) "
+                f"and has no `transform` of its own (the in-memory path reads `data` directly); "
+                f"{cfg.dataset._target_} does not fit. Use data.in_memory=auto or false."
             )
         return True
     size = sum(np.asarray(d.data).nbytes if not torch.is_tensor(d.data) else d.data.nbytes for d in datasets) if capable else 0
