@@ -65,8 +65,17 @@ def test_csv_errors_reach_the_cli_as_one_paragraph(tmp_path: Path) -> None:
     result = run_cli("train.py", "data=csv", *FAST, cwd=tmp_path)
     assert result.returncode == 2 and "data=csv needs data.path=..." in result.stderr
     table = write_linear_csv(tmp_path / "t.csv", rows=20)
-    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=prize", *FAST, cwd=tmp_path)
+    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=prize", "loss=mse", *FAST, cwd=tmp_path)
     assert result.returncode == 2 and "no column(s) 'prize'" in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def test_a_regression_table_with_the_default_loss_says_which_flags_to_add(tmp_path: Path) -> None:
+    table = write_linear_csv(tmp_path / "houses.csv", rows=20)
+    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=price", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.task=regression, but the loss torch.nn.CrossEntropyLoss" in result.stderr
+    assert "add loss=mse" in result.stderr and "Traceback" not in result.stderr
     assert run_dirs(tmp_path) == []
 
 
