@@ -51,7 +51,7 @@ def test_bad_tables_are_explained(tmp_path: Path) -> None:
         CSVTable(str(good), target="prize")
     broken = tmp_path / "broken.csv"
     broken.write_text("a,b,price\n1,2,3\n4,five,6\n")
-    with pytest.raises(UserError, match="line 3: column 'b' holds 'five', which is not a number"):
+    with pytest.raises(UserError, match="line 3: column 'b' holds 'five', which is not a finite number"):
         CSVTable(str(broken), target="price")
     with pytest.raises(UserError, match="integer class indices"):
         CSVTable(str(good), target="price", task="classification")
@@ -67,6 +67,36 @@ def test_csv_errors_reach_the_cli_as_one_paragraph(tmp_path: Path) -> None:
     table = write_linear_csv(tmp_path / "t.csv", rows=20)
     result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=prize", "loss=mse", *FAST, cwd=tmp_path)
     assert result.returncode == 2 and "no column(s) 'prize'" in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def train_on_table(tmp_path: Path, content: bytes, *overrides: str):
+    """Train a linear regressor on a table with these bytes, predicting its `price` column."""
+    table = tmp_path / "table.csv"
+    table.write_bytes(content)
+    return run_cli(
+        "train.py", "data=csv", f"data.path={table}", "data.target=price", "model=linear", "loss=mse",
+        *overrides, *FAST, "trainer.epochs=1", cwd=tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("a,b,price\n1,2,3\n".encode() + "café,2,3\n".encode("latin-1"), "line 3: byte b'\\xe9' is not UTF-8", id="latin-1"),
+        pytest.param(bytes(range(256)) * 4, "table.csv, line 2: byte b'\\x80' is not UTF-8", id="binary"),
+        pytest.param(b"a,b,price\n1,2,3\n4,nan,6\n", "line 3: column 'b' holds 'nan', which is not a finite number", id="nan"),
+        pytest.param(b"a,b,price\n1,2,3\n4,5,inf\n", "line 3: column 'price' holds 'inf'", id="inf"),
+        pytest.param(b"a,b,price\n1,2,3\n-inf,5,6\n", "line 3: column 'a' holds '-inf'", id="-inf"),
+        pytest.param(b"a,b,price\n1,2,3\n4,1e308,6\n", "line 3: column 'b' holds '1e308'", id="float32 overflow"),
+        pytest.param(b"a,b,a,price\n1,2,3,4\n", "the header names column 'a' more than once (columns 1, 3)", id="duplicate header"),
+        pytest.param(b"a,b,price\n1,2,3\n4,5,6,7\n", "line 3: 4 cells, but the header has 3 columns", id="extra cells"),
+    ],
+)
+def test_unreadable_tables_name_the_file_line_and_cell(tmp_path: Path, content: bytes, message: str) -> None:
+    result = train_on_table(tmp_path, content)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
     assert run_dirs(tmp_path) == []
 
 
