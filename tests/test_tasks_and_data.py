@@ -100,6 +100,29 @@ def test_unreadable_tables_name_the_file_line_and_cell(tmp_path: Path, content: 
     assert run_dirs(tmp_path) == []
 
 
+@pytest.mark.parametrize(
+    ("rows", "overrides", "message"),
+    [
+        pytest.param(3, [], "data.val_split=0.1 of the 2 training sample(s) rounds to none", id="too few rows for validation"),
+        pytest.param(20, ["data.val_split=0.9999"], "data.val_split=0.9999 puts all 16 training samples", id="empty training split"),
+        pytest.param(20, ["data.dataset.test_split=0"], "data.dataset.test_split=0 of 20 rows", id="empty test split"),
+    ],
+)
+def test_empty_splits_are_refused_rather_than_reported_as_zero(tmp_path: Path, rows: int, overrides: list[str], message: str) -> None:
+    table = write_linear_csv(tmp_path / "rows.csv", rows=rows)
+    result = train_on_table(tmp_path, table.read_bytes(), *overrides)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def test_synthetic_data_without_a_test_split_is_refused(tmp_path: Path) -> None:
+    result = run_cli("train.py", "data=synthetic", "data.dataset.test_size=0", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.dataset.test_size=0 leaves it no samples" in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
 def test_a_regression_table_with_the_default_loss_says_which_flags_to_add(tmp_path: Path) -> None:
     table = write_linear_csv(tmp_path / "houses.csv", rows=20)
     result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=price", *FAST, cwd=tmp_path)
