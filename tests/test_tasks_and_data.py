@@ -200,6 +200,53 @@ def test_bad_image_folders_are_explained(tmp_path: Path) -> None:
         ImageFolderSplit(str(tmp_path / "nowhere"))
 
 
+def write_images(folder: Path, count: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def one_image_per_class(root: Path) -> list[str]:
+    write_images(root / "cat", 1)
+    write_images(root / "dog", 1)
+    return ["data.num_classes=2"]
+
+
+def only_unreadable_images(root: Path) -> list[str]:
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            (root / name / f"{i}.png").write_bytes(b"not a png")
+    return ["data.num_classes=2"]
+
+
+def more_class_folders_than_classes(root: Path) -> list[str]:
+    for name in ("cat", "dog", "emu"):
+        write_images(root / name, 5)
+    return ["data.num_classes=2"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(one_image_per_class, "data.val_split=0.1 of the 2 training sample(s) rounds to none", id="one image per class"),
+        pytest.param(only_unreadable_images, "None of the 6 image(s) in", id="every image unreadable"),
+        pytest.param(more_class_folders_than_classes, "has 3 class folders (cat, dog, emu), but data.num_classes=2", id="too many classes"),
+    ],
+)
+def test_image_folders_that_cannot_train_are_refused_up_front(tmp_path: Path, make, message: str) -> None:
+    overrides = make(tmp_path / "photos")
+    result = run_cli(
+        "train.py", "data=image_folder", f"data.root={tmp_path / 'photos'}", *overrides, "data.num_workers=0",
+        *FAST, "trainer.epochs=1", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
 def test_in_memory_augmentation_repeats_exactly_for_a_resumed_epoch() -> None:
     import torch
 
