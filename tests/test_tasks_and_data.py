@@ -132,6 +132,16 @@ def test_a_regression_table_with_the_default_loss_says_which_flags_to_add(tmp_pa
     assert run_dirs(tmp_path) == []
 
 
+def test_a_diverged_validation_metric_stops_the_run_by_name_and_epoch(tmp_path: Path) -> None:
+    """Targets near 1e18 and one SGD step at lr 1000: the training loss of that step is
+    still finite, the validation loss of the weights it makes overflows float32."""
+    lines = ["a,price"] + [f"{i},{i}e17" for i in range(1, 21)]
+    result = train_on_table(tmp_path, "\n".join(lines).encode(), "optimizer=sgd", "optimizer.lr=1000", "data.batch_size=64")
+    assert result.returncode == 1
+    assert "Non-finite validation metric val/loss=inf after epoch 1" in result.stderr
+    assert "optimizer.lr" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_debug_overfit_drives_the_loss_to_zero(tmp_path: Path) -> None:
     result = run_cli("train.py", "data=synthetic", "debug=overfit", "trainer.epochs=40", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
