@@ -22,10 +22,15 @@ from src.utils.errors import UserError
         ("trainer.monitor=val/acc", "val/accuracy"),
         ("trainer.progress=fancy", "rich, tqdm, none"),
         ("data.val_split=1.5", "a fraction in [0, 1)"),
+        ("optimizer.lr=1e300", "optimizer.lr=1e+300"),
+        ("optimizer.lr=inf", "optimizer.lr=inf"),
+        ("optimizer.lr=nan", "optimizer.lr=nan"),
+        ("scheduler=step scheduler.step_size=0", "scheduler.step_size=0"),
+        ("scheduler=step scheduler.step_size=-2", "scheduler.step_size=-2"),
     ],
 )
 def test_bad_value_is_named_and_nothing_is_written(tmp_path: Path, override: str, message: str) -> None:
-    result = run_cli("train.py", "data=synthetic", *FAST, override, cwd=tmp_path)
+    result = run_cli("train.py", "data=synthetic", *FAST, *override.split(), cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert run_dirs(tmp_path) == []

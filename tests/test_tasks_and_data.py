@@ -51,7 +51,7 @@ def test_bad_tables_are_explained(tmp_path: Path) -> None:
         CSVTable(str(good), target="prize")
     broken = tmp_path / "broken.csv"
     broken.write_text("a,b,price\n1,2,3\n4,five,6\n")
-    with pytest.raises(UserError, match="line 3: column 'b' holds 'five', which is not a number"):
+    with pytest.raises(UserError, match="line 3: column 'b' holds 'five', which is not a finite number"):
         CSVTable(str(broken), target="price")
     with pytest.raises(UserError, match="integer class indices"):
         CSVTable(str(good), target="price", task="classification")
@@ -65,9 +65,81 @@ def test_csv_errors_reach_the_cli_as_one_paragraph(tmp_path: Path) -> None:
     result = run_cli("train.py", "data=csv", *FAST, cwd=tmp_path)
     assert result.returncode == 2 and "data=csv needs data.path=..." in result.stderr
     table = write_linear_csv(tmp_path / "t.csv", rows=20)
-    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=prize", *FAST, cwd=tmp_path)
+    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=prize", "loss=mse", *FAST, cwd=tmp_path)
     assert result.returncode == 2 and "no column(s) 'prize'" in result.stderr and "Traceback" not in result.stderr
     assert run_dirs(tmp_path) == []
+
+
+def train_on_table(tmp_path: Path, content: bytes, *overrides: str):
+    """Train a linear regressor on a table with these bytes, predicting its `price` column."""
+    table = tmp_path / "table.csv"
+    table.write_bytes(content)
+    return run_cli(
+        "train.py", "data=csv", f"data.path={table}", "data.target=price", "model=linear", "loss=mse",
+        *overrides, *FAST, "trainer.epochs=1", cwd=tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param("a,b,price\n1,2,3\n".encode() + "café,2,3\n".encode("latin-1"), "line 3: byte b'\\xe9' is not UTF-8", id="latin-1"),
+        pytest.param(bytes(range(256)) * 4, "table.csv, line 2: byte b'\\x80' is not UTF-8", id="binary"),
+        pytest.param(b"a,b,price\n1,2,3\n4,nan,6\n", "line 3: column 'b' holds 'nan', which is not a finite number", id="nan"),
+        pytest.param(b"a,b,price\n1,2,3\n4,5,inf\n", "line 3: column 'price' holds 'inf'", id="inf"),
+        pytest.param(b"a,b,price\n1,2,3\n-inf,5,6\n", "line 3: column 'a' holds '-inf'", id="-inf"),
+        pytest.param(b"a,b,price\n1,2,3\n4,1e308,6\n", "line 3: column 'b' holds '1e308'", id="float32 overflow"),
+        pytest.param(b"a,b,a,price\n1,2,3,4\n", "the header names column 'a' more than once (columns 1, 3)", id="duplicate header"),
+        pytest.param(b"a,b,price\n1,2,3\n4,5,6,7\n", "line 3: 4 cells, but the header has 3 columns", id="extra cells"),
+    ],
+)
+def test_unreadable_tables_name_the_file_line_and_cell(tmp_path: Path, content: bytes, message: str) -> None:
+    result = train_on_table(tmp_path, content)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("rows", "overrides", "message"),
+    [
+        pytest.param(3, [], "data.val_split=0.1 of the 2 training sample(s) rounds to none", id="too few rows for validation"),
+        pytest.param(20, ["data.val_split=0.9999"], "data.val_split=0.9999 puts all 16 training samples", id="empty training split"),
+        pytest.param(20, ["data.dataset.test_split=0"], "data.dataset.test_split=0 of 20 rows", id="empty test split"),
+    ],
+)
+def test_empty_splits_are_refused_rather_than_reported_as_zero(tmp_path: Path, rows: int, overrides: list[str], message: str) -> None:
+    table = write_linear_csv(tmp_path / "rows.csv", rows=rows)
+    result = train_on_table(tmp_path, table.read_bytes(), *overrides)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def test_synthetic_data_without_a_test_split_is_refused(tmp_path: Path) -> None:
+    result = run_cli("train.py", "data=synthetic", "data.dataset.test_size=0", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.dataset.test_size=0 leaves it no samples" in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def test_a_regression_table_with_the_default_loss_says_which_flags_to_add(tmp_path: Path) -> None:
+    table = write_linear_csv(tmp_path / "houses.csv", rows=20)
+    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=price", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.task=regression, but the loss torch.nn.CrossEntropyLoss" in result.stderr
+    assert "add loss=mse" in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
+
+
+def test_a_diverged_validation_metric_stops_the_run_by_name_and_epoch(tmp_path: Path) -> None:
+    """Targets near 1e18 and one SGD step at lr 1000: the training loss of that step is
+    still finite, the validation loss of the weights it makes overflows float32."""
+    lines = ["a,price"] + [f"{i},{i}e17" for i in range(1, 21)]
+    result = train_on_table(tmp_path, "\n".join(lines).encode(), "optimizer=sgd", "optimizer.lr=1000", "data.batch_size=64")
+    assert result.returncode == 1
+    assert "Non-finite validation metric val/loss=inf after epoch 1" in result.stderr
+    assert "optimizer.lr" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_debug_overfit_drives_the_loss_to_zero(tmp_path: Path) -> None:
@@ -136,6 +208,53 @@ def test_bad_image_folders_are_explained(tmp_path: Path) -> None:
         ImageFolderSplit(str(photos))
     with pytest.raises(UserError, match="is not a folder"):
         ImageFolderSplit(str(tmp_path / "nowhere"))
+
+
+def write_images(folder: Path, count: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def one_image_per_class(root: Path) -> list[str]:
+    write_images(root / "cat", 1)
+    write_images(root / "dog", 1)
+    return ["data.num_classes=2"]
+
+
+def only_unreadable_images(root: Path) -> list[str]:
+    for name in ("cat", "dog"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            (root / name / f"{i}.png").write_bytes(b"not a png")
+    return ["data.num_classes=2"]
+
+
+def more_class_folders_than_classes(root: Path) -> list[str]:
+    for name in ("cat", "dog", "emu"):
+        write_images(root / name, 5)
+    return ["data.num_classes=2"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(one_image_per_class, "data.val_split=0.1 of the 2 training sample(s) rounds to none", id="one image per class"),
+        pytest.param(only_unreadable_images, "None of the 6 image(s) in", id="every image unreadable"),
+        pytest.param(more_class_folders_than_classes, "has 3 class folders (cat, dog, emu), but data.num_classes=2", id="too many classes"),
+    ],
+)
+def test_image_folders_that_cannot_train_are_refused_up_front(tmp_path: Path, make, message: str) -> None:
+    overrides = make(tmp_path / "photos")
+    result = run_cli(
+        "train.py", "data=image_folder", f"data.root={tmp_path / 'photos'}", *overrides, "data.num_workers=0",
+        *FAST, "trainer.epochs=1", cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert run_dirs(tmp_path) == []
 
 
 def test_in_memory_augmentation_repeats_exactly_for_a_resumed_epoch() -> None:

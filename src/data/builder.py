@@ -67,6 +67,11 @@ def build_data(
         test_set = load_dataset(cfg, train=False) if "test" in splits else None
     in_memory = _use_in_memory(cfg, [d for d in (train_set, test_set) if d is not None])
     train_idx, val_idx = split_indices(len(train_set), cfg.val_split, cfg.split_seed) if train_set is not None else (None, None)
+    # An empty split would report metrics of nothing; say what to change instead.
+    if train_set is not None:
+        _check_train_and_val_sizes(cfg, len(train_set), len(train_idx), len(val_idx), splits, overfit_batches)
+    if test_set is not None and len(test_set) == 0:
+        raise UserError(f"The test split of data={cfg.name} is empty: {_what_sets_the_test_size(cfg)}")
     if cfg.get("standardize") and stats is None:
         features = _as_tensors(train_set)[0][train_idx].double()
         stats = {"mean": features.mean(dim=0).tolist(), "std": features.std(dim=0).clamp_min(1e-8).tolist()}
@@ -121,6 +126,36 @@ def split_indices(num_samples: int, val_split: float, split_seed: int) -> tuple[
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(split_seed))
     num_val = int(round(num_samples * val_split))
     return order[num_val:], order[:num_val]
+
+
+def _check_train_and_val_sizes(
+    cfg: DictConfig, num_samples: int, num_train: int, num_val: int, splits: tuple[str, ...], overfit_batches: int
+) -> None:
+    """Refuse an empty training split, and an empty validation split that data.val_split asked for."""
+    if num_samples == 0:
+        raise UserError(
+            f"The training set of data={cfg.name} ({cfg.dataset._target_}) has no samples: "
+            f"check the dataset's files and data.dataset.* values."
+        )
+    if num_train == 0 and "train" in splits:
+        raise UserError(
+            f"The training split is empty: data.val_split={cfg.val_split} puts all {num_samples} training samples "
+            f"into the validation split. Lower data.val_split (e.g. 0.1), or use more data."
+        )
+    if num_val == 0 and cfg.val_split > 0 and "val" in splits and not overfit_batches:
+        fix = f"Raise data.val_split to at least {1 / num_samples:.3g}, use more data" if num_samples > 1 else "Use more data"
+        raise UserError(
+            f"The validation split is empty: data.val_split={cfg.val_split} of the {num_samples} training sample(s) rounds "
+            f"to none. {fix}, or train without validation: data.val_split=0 trainer.monitor=train/loss."
+        )
+
+
+def _what_sets_the_test_size(cfg: DictConfig) -> str:
+    """The data.dataset key that sizes the test split and its value, for an error message."""
+    for key in ("test_split", "test_size"):
+        if key in cfg.dataset:
+            return f"data.dataset.{key}={cfg.dataset[key]} leaves it no samples. Raise data.dataset.{key}, or use more data."
+    return f"{cfg.dataset._target_}(train=False) has no samples. Check the dataset's test files and data.dataset.* values."
 
 
 def sample_transform(cfg: DictConfig, split: str) -> Any:

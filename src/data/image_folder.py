@@ -21,10 +21,19 @@ class ImageFolderSplit(Dataset):
     the images of `root/<class>/` are split by `test_split` with `split_seed` (the
     validation split is carved out of the train images later). Images that cannot be
     read are skipped with a warning that counts them, or fail the run when
-    `skip_unreadable` is false. Samples are (PIL image, class index).
+    `skip_unreadable` is false. Samples are (PIL image, class index); with
+    `num_classes`, more class folders than that are refused.
     """
 
-    def __init__(self, root: str, train: bool = True, test_split: float = 0.2, split_seed: int = 0, skip_unreadable: bool = True) -> None:
+    def __init__(
+        self,
+        root: str,
+        train: bool = True,
+        test_split: float = 0.2,
+        split_seed: int = 0,
+        skip_unreadable: bool = True,
+        num_classes: int | None = None,
+    ) -> None:
         from torchvision.datasets import ImageFolder
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -36,6 +45,12 @@ class ImageFolderSplit(Dataset):
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if not classes:
             raise UserError(f"{folder} has no class folders: expected {folder}/<class>/<image>.")
+        if num_classes is not None and len(classes) > num_classes:
+            raise UserError(
+                f"{folder} has {len(classes)} class folders ({', '.join(classes)}), but "
+                f"data.num_classes={num_classes}: a model with {num_classes} outputs cannot predict "
+                f"{len(classes) - num_classes} of them. Set data.num_classes={len(classes)}."
+            )
         empty = [c for c in classes if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (folder / c).rglob("*"))]
         if empty:
             raise UserError(f"Class folder(s) {', '.join(empty)} in {folder} hold no images ({', '.join(IMG_EXTENSIONS)}).")
@@ -49,6 +64,11 @@ class ImageFolderSplit(Dataset):
             raise UserError(
                 f"{len(bad)} image(s) in {folder} cannot be read, e.g. {self.images.samples[bad[0]][0]}. "
                 f"Remove them, or set data.dataset.skip_unreadable=true to skip them."
+            )
+        if not readable:
+            raise UserError(
+                f"None of the {len(bad)} image(s) in {folder} can be read, e.g. {self.images.samples[bad[0]][0]}: "
+                f"expected image files ({', '.join(IMG_EXTENSIONS)}) that PIL opens."
             )
         if bad:
             log.warning(f"Skipping {len(bad)} unreadable image(s) in {folder}, e.g. {self.images.samples[bad[0]][0]}")

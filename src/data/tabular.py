@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
+from src.utils.config import FLOAT32_MAX
 from src.utils.errors import UserError
 
 
@@ -39,13 +42,13 @@ class CSVTable(Dataset):
         if not file.is_file():
             raise UserError(f"data.path={path!r} is not a file: point it at a CSV or TSV file with a header line.")
         targets = [target] if isinstance(target, str) else list(target)
-        with open(file, newline="", encoding="utf-8") as f:
-            if delimiter is None:
-                delimiter = "\t" if file.suffix.lower() in (".tsv", ".tab") else ","
-            rows = list(csv.reader(f, delimiter=delimiter))
+        if delimiter is None:
+            delimiter = "\t" if file.suffix.lower() in (".tsv", ".tab") else ","
+        rows = _read_rows(file, delimiter)
         if len(rows) < 2:
             raise UserError(f"{path} has no data rows: expected a header line and at least one row.")
         header = [name.strip() for name in rows[0]]
+        _check_shape(rows, header, path)
         missing = [name for name in [*targets, *(features or [])] if name not in header]
         if missing:
             raise UserError(f"{path} has no column(s) {', '.join(map(repr, missing))}; its columns are: {', '.join(header)}.")
@@ -74,7 +77,11 @@ class CSVTable(Dataset):
         num_test = int(round(len(x) * test_split))
         rows_of_split = order[num_test:] if train else order[:num_test]
         if len(rows_of_split) == 0:
-            raise UserError(f"{path}: the {'train' if train else 'test'} split is empty ({len(x)} rows, test_split={test_split}).")
+            raise UserError(
+                f"{path}: the {'train' if train else 'test'} split is empty: data.dataset.test_split={test_split} of "
+                f"{len(x)} rows gives it none. Set data.dataset.test_split to a fraction that leaves rows on both "
+                f"sides (the default is 0.2), or use a larger table."
+            )
         self.data, self.targets = x[rows_of_split], y[rows_of_split]
         self.feature_names, self.target_names = features, targets
 
@@ -85,26 +92,66 @@ class CSVTable(Dataset):
         return self.data[index], self.targets[index]
 
 
+def _read_rows(file: Path, delimiter: str) -> list[list[str]]:
+    """The file's rows as lists of cells. It must be UTF-8 text (a byte-order mark is fine)."""
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise UserError(
+            f"{file}, line {line}: byte {raw[err.start:err.start + 1]!r} is not UTF-8 text. Expected a CSV or TSV "
+            f"file in UTF-8: save it as UTF-8 (e.g. from a spreadsheet, 'CSV UTF-8'), or check that it is a table at all."
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        return list(reader)
+    except csv.Error as err:
+        raise UserError(f"{file}, line {reader.line_num}: not a readable CSV line ({err}). Expected a CSV or TSV text file.") from None
+
+
+def _check_shape(rows: list[list[str]], header: list[str], path: str) -> None:
+    """Unique column names, and no data row longer than the header (its extra cells
+    would belong to no column)."""
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        name = duplicates[0]
+        numbers = [str(i + 1) for i, n in enumerate(header) if n == name]
+        raise UserError(
+            f"{path}: the header names column {name!r} more than once (columns {', '.join(numbers)}). "
+            f"Every column needs its own name: rename or remove the copies."
+        )
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) > len(header):
+            raise UserError(
+                f"{path}, line {line}: {len(row)} cells, but the header has {len(header)} columns. "
+                f"Every row needs one cell per header column (a cell holding the delimiter must be quoted)."
+            )
+
+
 def _numeric(rows: list[list[str]], indices: list[int], names: list[str], path: str) -> torch.Tensor:
     values = []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue  # blank line
         cells = [row[i] if i < len(row) else "" for i in indices]
-        try:
-            values.append([float(cell) for cell in cells])
-        except ValueError:
-            name, cell = next((n, c) for n, c in zip(names, cells) if not _is_number(c))
+        numbers = [_finite_number(cell) for cell in cells]
+        if None in numbers:
+            name, cell = next((n, c) for n, c, v in zip(names, cells, numbers) if v is None)
             raise UserError(
-                f"{path}, line {line}: column {name!r} holds {cell!r}, which is not a number. "
-                f"Every feature and target column must be numeric (list the usable ones in data.features)."
-            ) from None
+                f"{path}, line {line}: column {name!r} holds {cell!r}, which is not a finite number. Every feature "
+                f"and target column must hold numbers of magnitude at most {FLOAT32_MAX:.3g} (float32), not nan or "
+                f"inf (list the usable columns in data.features)."
+            )
+        values.append(numbers)
     return torch.tensor(values, dtype=torch.float32)
 
 
-def _is_number(text: str) -> bool:
+def _finite_number(text: str) -> float | None:
+    """The cell's value, or None when it is not a number that float32 holds finitely
+    (float() accepts 'nan' and 'inf', and 1e308 overflows to inf in float32)."""
     try:
-        float(text)
+        value = float(text)
     except ValueError:
-        return False
-    return True
+        return None
+    return value if math.isfinite(value) and abs(value) <= FLOAT32_MAX else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Union
 
 import torch
@@ -68,14 +69,14 @@ class ClassificationMetrics:
 
     def compute(self) -> dict[str, float]:
         """The epoch's metrics as floats, over every rank's batches under torchrun: one
-        device-to-host transfer."""
+        device-to-host transfer. Without any sample they are nan, never a made-up 0."""
         self._count_pending()
         sums = [self.loss_sum.double(), self.correct.double()]
         if self.correct_top5 is not None:
             sums.append(self.correct_top5.double())
         sums.append(torch.tensor(float(self.count), dtype=torch.float64, device=self.loss_sum.device))
         *values, count = sum_across_ranks(torch.stack(sums)).tolist()
-        return dict(zip(self.names, [v / max(count, 1) for v in values]))
+        return dict(zip(self.names, [v / count if count else math.nan for v in values]))
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums, so a mid-epoch checkpoint resumes the epoch's metrics exactly."""
@@ -127,17 +128,18 @@ class RegressionMetrics:
         self.sums["y_sq"].add_(y.square().sum(dim=0))
 
     def compute(self) -> dict[str, float]:
-        """The metrics over every rank's batches under torchrun."""
+        """The metrics over every rank's batches under torchrun (nan without any sample)."""
         device = self.loss_sum.device
         count = torch.tensor([float(self.count)], dtype=torch.float64, device=device)
         flat = sum_across_ranks(torch.cat([self.loss_sum.double().view(1), *self.sums.values(), count]))
-        loss_sum, *sums, n = flat.split([1, *(len(v) for v in self.sums.values()), 1])
+        loss_sum, *sums, total_count = flat.split([1, *(len(v) for v in self.sums.values()), 1])
         s = dict(zip(self.sums, sums))
-        n = n.clamp_min(1)
+        n = total_count.clamp_min(1)
         total = s["y_sq"] - s["y"].square() / n  # sum of squares around the mean, per output
         r2 = 1 - s["sq_err"] / total.clamp_min(1e-12)
-        values = torch.cat([loss_sum / n, s["sq_err"].mean().view(1) / n, s["abs_err"].mean().view(1) / n, r2.mean().view(1)]).tolist()
-        return dict(zip(self.names, values))
+        means = [loss_sum / n, s["sq_err"].mean().view(1) / n, s["abs_err"].mean().view(1) / n, r2.mean().view(1)]
+        *values, samples = torch.cat([*means, total_count]).tolist()
+        return dict(zip(self.names, values if samples else [math.nan] * len(values)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"count": self.count, "loss_sum": self.loss_sum.cpu(), **{k: v.cpu() for k, v in self.sums.items()}}

@@ -264,6 +264,7 @@ class Trainer:
                 # all-reduced sums agree on every rank already; the broadcast makes the
                 # agreement a guarantee rather than a property of the reduction.
                 metrics = distributed.broadcast(metrics)
+                self._stop_on_non_finite_validation(metrics)
                 self.epoch += 1
                 self._step_scheduler(metrics[self.monitor])
                 improved = is_better(metrics[self.monitor], self.best_metric, self.mode)
@@ -437,6 +438,19 @@ class Trainer:
                     exit_code=1,
                 )
         return sum(values) / len(values)
+
+    def _stop_on_non_finite_validation(self, metrics: dict[str, float]) -> None:
+        """Stop when a validation metric is nan or inf: the model has diverged. Such an
+        epoch never counts as an improvement, so in the first epoch it would leave no
+        best.pt to test, and later ones would only train on from a broken model."""
+        for name, value in metrics.items():
+            if name.startswith("val/") and not math.isfinite(value):
+                raise RunStopped(
+                    f"Non-finite validation metric {name}={value} after epoch {self.epoch + 1}: the model diverged "
+                    f"(its outputs or loss on the validation split are not finite). {self._checkpoints_on_disk()} Try a lower optimizer.lr or "
+                    f"trainer.gradient_clip_val.",
+                    exit_code=1,
+                )
 
     def step_of(self, batch: int) -> int:
         """The optimizer step (1-based, global) that batch `batch` of this epoch belongs to."""

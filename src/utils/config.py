@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import math
 import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -17,6 +18,14 @@ from src.utils import distributed
 from src.utils.errors import UserError
 
 PROGRESS_CHOICES = ("rich", "tqdm", "none")
+
+# The largest float32 (torch.finfo(torch.float32).max, written out: this module must not
+# import torch). Larger values, an lr of 1e300 or a CSV cell of 1e308, overflow to inf
+# in float32 tensors.
+FLOAT32_MAX = 3.4028234663852886e38
+
+# Losses that take class indices as targets: a regression target (a float) fails in them.
+CLASS_INDEX_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss")
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -68,7 +77,15 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "trainer.early_stopping.patience", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables early stopping)")
     _check(cfg, "trainer.early_stopping.min_delta", lambda v: _is_number(v) and v >= 0, "a number >= 0")
     validate_data_config(cfg)
-    _check(cfg, "optimizer.lr", lambda v: _is_number(v) and v > 0, "a positive number, e.g. optimizer.lr=1e-3", optional=True)
+    _check(
+        cfg,
+        "optimizer.lr",
+        lambda v: _is_number(v) and math.isfinite(v) and 0 < v <= FLOAT32_MAX,
+        f"a finite positive number (at most {FLOAT32_MAX:.3g}, the float32 range), e.g. optimizer.lr=1e-3",
+        optional=True,
+    )
+    _check(cfg, "scheduler.step_size", lambda v: _is_int(v, 1), "a positive integer number of epochs", optional=True)
+    _check_loss_fits_task(cfg)
     _check_monitor(cfg)
 
 
@@ -99,6 +116,16 @@ def validate_data_config(cfg: DictConfig) -> None:
     )
     for key in ("data.mean", "data.std"):
         _check(cfg, key, lambda v: isinstance(v, ListConfig) and all(_is_number(x) for x in v), "a list of numbers, or null", optional=True)
+
+
+def _check_loss_fits_task(cfg: DictConfig) -> None:
+    target = OmegaConf.select(cfg, "loss._target_", default=None)
+    if cfg.data.task == "regression" and target in CLASS_INDEX_LOSSES:
+        raise UserError(
+            f"data.task=regression, but the loss {target} (loss=cross_entropy, the default, or loss=nll) needs class "
+            f"indices as targets. For numeric targets add loss=mse (or l1, huber); if data.target holds class indices "
+            f"0..N-1, add data.task=classification data.num_classes=N data.num_outputs=N."
+        )
 
 
 def _check_monitor(cfg: DictConfig) -> None:
