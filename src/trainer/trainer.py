@@ -440,11 +440,12 @@ class Trainer:
         return sum(values) / len(values)
 
     def _stop_on_non_finite_validation(self, metrics: dict[str, float]) -> None:
-        """Stop when a validation metric is nan or inf: the model has diverged. Such an
-        epoch never counts as an improvement, so in the first epoch it would leave no
-        best.pt to test, and later ones would only train on from a broken model."""
+        """Stop when the validation loss or the monitored metric is nan or inf: the model
+        has diverged. Such an epoch never counts as an improvement, so in the first epoch
+        it would leave no best.pt to test, and later ones would only train on from a
+        broken model. (Other metrics may be nan by definition, such as R² of constant targets.)"""
         for name, value in metrics.items():
-            if name.startswith("val/") and not math.isfinite(value):
+            if name in ("val/loss", self.monitor) and not math.isfinite(value):
                 raise RunStopped(
                     f"Non-finite validation metric {name}={value} after epoch {self.epoch + 1}: the model diverged "
                     f"(its outputs or loss on the validation split are not finite). {self._checkpoints_on_disk()} Try a lower optimizer.lr or "
