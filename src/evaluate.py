@@ -25,7 +25,7 @@ from src.trainer.trainer import evaluate, use_channels_last
 from src.utils.config import validate_data_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device
-from src.utils.errors import UserError
+from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     trained = OmegaConf.create(state["config"])
     data_cfg = _data_config(cfg, trained)
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     data = build_data(data_cfg, device, seed=trained.seed, splits=(cfg.split,), stats=state.get("data_stats"))
     batches = data.test if cfg.split == "test" else data.val
     if batches is None:
@@ -79,17 +79,19 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "metrics": values,
         "confusion_matrix": matrix,
     }
+    _print_results(values, matrix, data_cfg.name, cfg.split)
     suffix = cfg.split if data_cfg.name == trained.data.name else f"{data_cfg.name}-{cfg.split}"
     json_path = path.with_name(f"{path.stem}.{suffix}.json")
-    atomic_write_json(json_path, record)
+    try:
+        atomic_write_json(json_path, record)
+        log.info(f"Results written to {json_path}")
+    except OSError as err:  # e.g. a read-only checkpoint folder: the printed results still stand
+        log.warning(f"Could not write {json_path} ({one_line(err)}); the results above are not saved beside the checkpoint.")
     with SummaryWriter(str(run_dir / "tensorboard")) as writer:
         for tag, value in values.items():
             writer.add_scalar(tag, value, state["epoch"])
         if matrix is not None:
             writer.add_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
-
-    _print_results(values, matrix, data_cfg.name, cfg.split)
-    log.info(f"Results written to {json_path}")
     log.info(f"TensorBoard: tensorboard --logdir {run_dir}")
     return record
 

@@ -48,7 +48,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     set_thread_share(HydraConfig.get().launcher)
     state = None
     if cfg.resume:
-        state = load_checkpoint(cfg.resume)
+        state = load_checkpoint(cfg.resume, resuming=True)
         hydra = HydraConfig.get()
         cfg = resumed_config(cfg, state, list(hydra.overrides.task), set(hydra.runtime.choices))
         validate_train_config(cfg)

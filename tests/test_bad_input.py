@@ -57,7 +57,15 @@ def test_value_rejected_by_the_component_names_the_group(tmp_path: Path) -> None
 def good_checkpoint(tmp: Path) -> Path:
     """A small checkpoint in this framework's format, written the way the trainer does."""
     model = MLP(input_shape=[1, 4, 4], num_outputs=3, hidden_sizes=[8])
-    state = {"format_version": 1, "model": model.state_dict(), "config": "model: {}", "epoch": 1, "step": 5}
+    config = """
+seed: 0
+data: {name: synthetic, dataset: {_target_: src.data.synthetic.SyntheticImages}}
+model: {_target_: src.models.mlp.MLP, input_shape: [1, 4, 4], num_outputs: 3, hidden_sizes: [8]}
+loss: {_target_: torch.nn.CrossEntropyLoss}
+optimizer: {_target_: torch.optim.Adam, _partial_: true}
+trainer: {}
+"""
+    state = {"format_version": 1, "model": model.state_dict(), "config": config, "epoch": 1, "step": 5}
     path = tmp / "good.pt"
     save_checkpoint(state, path)
     return path

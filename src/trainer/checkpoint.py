@@ -8,18 +8,66 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from src.trainer.stored_config import check_stored_config
+from src.utils.config import _is_int, _is_number
 from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write
+from src.utils.seed import check_rng_state
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "config", "epoch", "step")
+# What resuming restores besides those (evaluating needs only the weights and config).
+TRAINING_KEYS = ("optimizer", "scheduler", "batch_in_epoch", "best_metric", "best_epoch", "early_stopping", "rng", "history")
+# The sections of a run's stored config, and those built from a `_target_`.
+CONFIG_SECTIONS = ("seed", "data", "model", "loss", "optimizer", "trainer")
+BUILT_SECTIONS = ("model", "loss", "optimizer", "data.dataset")
+
+
+def _is_count(value: Any) -> bool:
+    return _is_int(value, 0)
+
+
+def _is_state(value: Any) -> bool:
+    """A state_dict as torch writes one: a dict with string keys."""
+    return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _is_stats(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(value.get(key), list) and all(_is_number(x) for x in value[key]) for key in ("mean", "std")
+    )
+
+
+# Each field `Trainer.state_dict` writes: (valid?, what it must be). Checked when present.
+FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model": (lambda v: _is_state(v) and all(torch.is_tensor(t) for t in v.values()), "a state_dict of named tensors"),
+    "optimizer": (_is_state, "an optimizer state_dict"),
+    "scheduler": (lambda v: v is None or _is_state(v), "a scheduler state_dict or None"),
+    "grad_scaler": (lambda v: v is None or _is_state(v), "a grad-scaler state_dict or None"),
+    "epoch": (_is_count, "an integer >= 0"),
+    "step": (_is_count, "an integer >= 0"),
+    "batch_in_epoch": (_is_count, "an integer >= 0"),
+    "partial_epoch_metrics": (lambda v: v is None or _is_state(v), "metric sums or None"),
+    "monitor": (lambda v: isinstance(v, str), "a metric name"),
+    "mode": (lambda v: v in ("min", "max"), "min or max"),
+    "best_metric": (_is_number, "a number"),
+    "best_epoch": (_is_count, "an integer >= 0"),
+    "early_stopping": (lambda v: isinstance(v, dict) and {"best", "wait"} <= v.keys(), "a dict with best and wait"),
+    "rng": (lambda v: isinstance(v, dict), "a dict of RNG states"),
+    "world_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "rank_states": (lambda v: v is None or (isinstance(v, list) and all(isinstance(r, dict) for r in v)), "a list of per-process dicts or None"),
+    "choices": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(c, str) for k, c in v.items()), "a dict of config group choices"),
+    "data_stats": (lambda v: v is None or _is_stats(v), "None or a dict of mean and std lists"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_count(r.get("epoch")) for r in v), "a list of per-epoch records"),
+}
 
 
 def save_checkpoint(state: Mapping[str, Any], *paths: Path) -> None:
@@ -32,8 +80,10 @@ def save_checkpoint(state: Mapping[str, Any], *paths: Path) -> None:
         atomic_write(path, lambda f: f.write(data))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint of this framework; any problem becomes a clear UserError."""
+def load_checkpoint(path: str | Path, resuming: bool = False) -> dict[str, Any]:
+    """Read a checkpoint of this framework, with every field and the stored config
+    checked (`resuming`: also everything a resume restores); any problem becomes a
+    clear UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint not found: {str(path)!r} is not a file. Pass the path of a .pt file written by train.py, e.g. saved/runs/<run>/<time>/checkpoints/best.pt.")
@@ -56,12 +106,74 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{str(path)!r} is not a checkpoint of this framework: expected a dict with the keys "
             f"{', '.join(REQUIRED_KEYS)}, found {found}."
         )
-    if not isinstance(state["format_version"], int) or state["format_version"] > FORMAT_VERSION:
-        raise UserError(
-            f"{str(path)!r} has checkpoint format_version={state['format_version']!r}, newer than the "
-            f"{FORMAT_VERSION} this version of the framework reads. Upgrade the framework to load it."
-        )
+    _check_fields(state, path, resuming)
     return state
+
+
+def _check_fields(state: dict[str, Any], path: Path, resuming: bool) -> None:
+    """Every field as `Trainer.state_dict` writes it, and the stored config checked for
+    what it may build (see stored_config.py): a changed file gets a clear error here,
+    before anything reads it."""
+    version = state["format_version"]
+    if not _is_int(version, 1) or version > FORMAT_VERSION:
+        raise UserError(
+            f"{str(path)!r} has checkpoint format_version={version!r}, and this version of the framework "
+            f"reads format_version {FORMAT_VERSION}. A newer framework may read a higher one (upgrade to load "
+            f"it); any other value means the file is damaged."
+        )
+    missing = [key for key in TRAINING_KEYS if key not in state] if resuming else []
+    if missing:
+        raise UserError(
+            f"{str(path)!r} cannot be resumed: it has no {', '.join(missing)} (a checkpoint written by "
+            f"train.py has them). Evaluate it with test.py, or resume another checkpoint."
+        )
+    for key, (valid, expected) in FIELDS.items():
+        if key in state and not valid(state[key]):
+            raise _damaged(path, f"{key}={_short(state[key])} is not {expected}")
+    ranks = state.get("rank_states") or []
+    if ranks and len(ranks) != state.get("world_size", 1):
+        raise _damaged(path, f"rank_states has {len(ranks)} entries for world_size={state.get('world_size', 1)}")
+    for name, entry in [("rng", state.get("rng"))] + [(f"rank_states[{i}].rng", r.get("rng")) for i, r in enumerate(ranks)]:
+        if entry is None:
+            continue
+        try:
+            check_rng_state(entry)
+        except Exception as err:  # whatever random, numpy or torch would raise when applying it
+            raise _damaged(path, f"its {name} state cannot be restored ({type(err).__name__}: {one_line(err, limit=160)})") from None
+    _check_config(state["config"], path)
+
+
+def _check_config(text: Any, path: Path) -> None:
+    """The stored config: YAML text of a mapping with every section of a run's config,
+    naming only what a checkpoint may build (stored_config.py)."""
+    if not isinstance(text, str):
+        raise _damaged(path, f"its config is {_short(text)}, not the YAML text of a config")
+    try:
+        cfg = OmegaConf.create(text)
+    except Exception as err:  # YAML syntax, duplicate keys, tags: yaml and OmegaConf raise many types
+        raise _damaged(path, f"its config is not valid YAML ({one_line(err, limit=160)})") from None
+    if not isinstance(cfg, DictConfig):
+        raise _damaged(path, "its config is a list, not a mapping of config sections")
+    check_stored_config(cfg, path)  # first: it refuses interpolations, which the lookups below would resolve
+    for name in CONFIG_SECTIONS:
+        if name not in cfg:
+            raise _damaged(path, f"its config has no {name} section (a run's config has {', '.join(CONFIG_SECTIONS)})")
+    for section in BUILT_SECTIONS:
+        node = OmegaConf.select(cfg, section)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise _damaged(path, f"its config's {section} has no _target_")
+
+
+def _damaged(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{str(path)!r} is damaged: {what}. It was changed after train.py wrote it, or written by "
+        f"another tool; use another checkpoint."
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value) if not torch.is_tensor(value) else f"a tensor of shape {tuple(value.shape)}"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _unpickling_reason(err: pickle.UnpicklingError) -> str:

@@ -1,4 +1,4 @@
-"""Choosing the training device from `trainer.device`."""
+"""Choosing the device from `trainer.device` (train.py) or `device` (test.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from src.utils.distributed import launched_by_torchrun, local_rank
 from src.utils.errors import UserError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
     """`auto` picks cuda > mps > cpu; an explicit device must exist on this machine.
-    Under torchrun, `auto` and `cuda` mean this process's own GPU (LOCAL_RANK)."""
+    Under torchrun, `auto` and `cuda` mean this process's own GPU (LOCAL_RANK).
+    `key` is the config key the name came from, for the error messages."""
     if launched_by_torchrun() and torch.cuda.is_available():
         if name in ("auto", "cuda"):
             return torch.device("cuda", local_rank())
         if name.startswith("cuda:"):
             raise UserError(
-                f"trainer.device={name!r} under torchrun: each process uses the GPU of its LOCAL_RANK. "
-                f"Use trainer.device=auto or cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)."
+                f"{key}={name!r} under torchrun: each process uses the GPU of its LOCAL_RANK. "
+                f"Use {key}=auto or cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)."
             )
     if name == "auto":
         if torch.cuda.is_available():
@@ -32,16 +33,16 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(
-            f"trainer.device={name!r} is not a device name: use auto, cpu, cuda, cuda:N or mps."
+            f"{key}={name!r} is not a device name: use auto, cpu, cuda, cuda:N or mps."
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={name!r} but CUDA is not available here: use trainer.device=auto or cpu.")
+        raise UserError(f"{key}={name!r} but CUDA is not available here: use {key}=auto or cpu.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(
-            f"trainer.device={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)."
+            f"{key}={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)."
         )
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"trainer.device={name!r} but MPS is not available here: use trainer.device=auto or cpu.")
+        raise UserError(f"{key}={name!r} but MPS is not available here: use {key}=auto or cpu.")
     return device
 
 

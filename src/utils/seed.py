@@ -59,17 +59,8 @@ def _cuda_rng_states() -> list[torch.Tensor]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": npy["bit_generator"],
-            "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]},
-            "has_gauss": npy["has_gauss"],
-            "gauss": npy["gauss"],
-        }
-    )
+    random.setstate(_python_state(state["python"]))
+    np.random.set_state(_numpy_state(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if not state["cuda"] or not torch.cuda.is_available():
         return
@@ -77,3 +68,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"][0])
     elif len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_rng_state(state: Any) -> None:
+    """Raise (TypeError, ValueError, KeyError, RuntimeError, ...) unless `set_rng_state`
+    can apply `state` (read from a checkpoint). It is tried on fresh generators, so the
+    global ones are left alone; CUDA states can only be checked for their type here."""
+    random.Random().setstate(_python_state(state["python"]))
+    np.random.RandomState().set_state(_numpy_state(state["numpy"]))
+    torch.Generator().set_state(state["torch"])
+    if not isinstance(state["cuda"], list) or not all(torch.is_tensor(s) and s.dtype == torch.uint8 for s in state["cuda"]):
+        raise TypeError("its cuda entry is not a list of byte tensors")
+
+
+def _python_state(py: dict[str, Any]) -> tuple[Any, ...]:
+    return (py["version"], tuple(py["state"]), py["gauss"])
+
+
+def _numpy_state(npy: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "bit_generator": npy["bit_generator"],
+        "state": {"key": npy["key"].numpy().astype(np.uint32), "pos": npy["pos"]},
+        "has_gauss": npy["has_gauss"],
+        "gauss": npy["gauss"],
+    }

@@ -1,0 +1,148 @@
+"""The config stored in a checkpoint, checked before anything is built from it.
+
+Your own configs (configs/, --config-dir, the command line) choose code: that is what
+`_target_` is for. A checkpoint is data from elsewhere, so every `_target_` in its stored
+config, at any depth, must name a class of the kind its place expects (`PLACES`; any
+other place, such as a model's argument, takes `NESTED`), and it may hold no `${...}`
+interpolation (it is stored resolved; resolving one could read the environment or run
+this project's resolvers, which create folders).
+
+Checking a `_target_` imports its module (running its top-level code), so only what the user
+installed is imported: its top-level package must be torch, torchvision, `src` or another installed
+distribution, never the standard library, and each dotted part a public name (no `.rel`, `_x`, file).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+# What `instantiate` itself calls to find a `_target_`: the class checked is the class built.
+from hydra._internal.utils import _locate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn, optim
+from torch.utils.data import Dataset
+
+from src.utils.errors import UserError, one_line
+
+
+class Kind(NamedTuple):
+    """What a `_target_` must be: a class deriving from one of `bases`."""
+
+    name: str
+    bases: tuple[type, ...]
+
+
+MODULE = Kind("an nn.Module class", (nn.Module,))
+OPTIMIZER = Kind("a torch.optim.Optimizer class", (optim.Optimizer,))
+# ReduceLROnPlateau only derives from LRScheduler since torch 2.2.
+SCHEDULER = Kind("a learning-rate scheduler class", (optim.lr_scheduler.LRScheduler, optim.lr_scheduler.ReduceLROnPlateau))
+DATASET = Kind("a torch Dataset class", (Dataset,))
+# torchvision's v2 transforms are nn.Modules.
+TRANSFORM = Kind("a torchvision transform class (an nn.Module)", (nn.Module,))
+NESTED = Kind("an nn.Module or Dataset class", (nn.Module, Dataset))
+
+# The places the entry points build from, and the kind each one's `_target_` must be.
+PLACES: dict[tuple[str, ...], Kind] = {
+    ("model",): MODULE,
+    ("loss",): MODULE,
+    ("optimizer",): OPTIMIZER,
+    ("scheduler",): SCHEDULER,
+    ("data", "dataset"): DATASET,
+}
+# Each item of `data.transforms.<split>` is a TRANSFORM.
+TRANSFORMS = ("data", "transforms")
+
+# Top-level packages a target may come from, besides other installed distributions.
+TRUSTED_PACKAGES = ("torch", "torchvision", "src")
+
+RULE = (
+    "A checkpoint is data: its config may only name, at each place, a class of the kind that place "
+    "expects (model and loss: nn.Module; optimizer: torch.optim.Optimizer; scheduler: an LR scheduler; "
+    "data.dataset: a torch Dataset; data.transforms: torchvision transforms; anything nested in them: "
+    "nn.Module or Dataset), from torch, torchvision, this project's src or another installed package, "
+    "never the standard library. Nothing from this checkpoint was built or called. Use a checkpoint "
+    "written by train.py with your own configs."
+)
+
+
+def check_stored_config(cfg: DictConfig, path: Path) -> None:
+    """Refuse (UserError naming the place and the value) a stored config with an
+    interpolation or a `_target_` that is not a class of the kind its place expects."""
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    for place, value in _walk(tree, ()):
+        if isinstance(value, str) and "${" in value:
+            raise UserError(
+                f"Refusing the stored config of {str(path)!r}: {_dotted(place)}={value!r} is an interpolation. "
+                f"A checkpoint's config is stored resolved and never holds one; resolving it could read "
+                f"environment variables or run this project's resolvers. Use a checkpoint written by train.py."
+            )
+        if place and place[-1] == "_target_":
+            kind = _kind(place[:-1])
+            reason = _refusal(value, kind)
+            if reason is not None:
+                raise UserError(
+                    f"Refusing the stored config of {str(path)!r}: {_dotted(place)}={value!r} is not "
+                    f"{kind.name} ({reason}). {RULE}"
+                )
+
+
+def _kind(place: tuple[str | int, ...]) -> Kind:
+    if place in PLACES:
+        return PLACES[place]  # type: ignore[index]
+    if len(place) == 4 and place[:2] == TRANSFORMS and isinstance(place[3], int):
+        return TRANSFORM
+    return NESTED
+
+
+def _refusal(target: Any, kind: Kind) -> str | None:
+    """Why `target` may not be built at a place of `kind`, or None when it may."""
+    if not isinstance(target, str):
+        return f"it is a {type(target).__name__}, not a dotted class name"
+    parts = target.split(".")
+    if not all(part.isidentifier() and not part.startswith("_") for part in parts):
+        return "it is not a dotted name of public Python names"
+    package = parts[0]
+    if package in sys.stdlib_module_names:
+        return f"{package!r} is the standard library"
+    if package not in TRUSTED_PACKAGES and package not in _installed_packages():
+        return f"{package!r} is neither torch, torchvision, src nor an installed package"
+    try:
+        obj = _locate(target)
+    except Exception as err:
+        return f"it cannot be imported: {one_line(err, limit=160)}"
+    if not isinstance(obj, type):
+        return f"it is a {type(obj).__name__}, not a class"
+    if not issubclass(obj, kind.bases):
+        return f"it is the class {obj.__module__}.{obj.__qualname__}"
+    return None
+
+
+@functools.cache
+def _installed_packages() -> frozenset[str]:
+    """Top-level import names of the installed distributions."""
+    return frozenset(importlib.metadata.packages_distributions())
+
+
+def _walk(node: Any, place: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Any]]:
+    """(place, value) for every value under `node`, containers included, at any depth."""
+    yield place, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, (*place, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, (*place, i))
+
+
+def _dotted(place: tuple[str | int, ...]) -> str:
+    """("model", "_args_", 0, "_target_") -> "model._args_[0]._target_"."""
+    text = ""
+    for key in place:
+        text += f"[{key}]" if isinstance(key, int) else f"{'.' if text else ''}{key}"
+    return text
+
