@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 from conftest import FAST, run_cli, run_dirs, start_cli, wait_for_line
 from src.utils import config as config_module
+from src.utils import run_folder
 
 QUICK = ["data=synthetic", "data.dataset.train_size=500", "trainer.epochs=1", *FAST]
 
@@ -108,21 +108,11 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
     assert len(run_dirs(tmp_path)) == 2
 
 
-def test_a_folder_claimed_in_the_same_second_gets_a_suffix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    class FrozenClock(datetime):
-        @classmethod
-        def now(cls, tz=None):  # type: ignore[override]
-            return datetime(2026, 1, 2, 3, 4, 5)
-
-    monkeypatch.setattr(config_module, "datetime", FrozenClock)
-    base = str(tmp_path / "runs")
-    names = []
-    for _ in range(3):  # three processes: each starts with a clean environment
-        for key in [k for k in config_module.os.environ if k.startswith("HYDRA_TORCH_TRAINER_STAMP_")]:
-            monkeypatch.delenv(key)
-        names.append(config_module.claim_stamp(base))
+def test_a_folder_claimed_in_the_same_second_gets_a_suffix(tmp_path: Path) -> None:
+    # What three processes started in the same second do: each claims <base>/<that second>.
+    candidate = str(tmp_path / "runs" / "2026-01-02_03-04-05")
+    names = [Path(run_folder.claim(candidate)).name for _ in range(3)]
     assert names == ["2026-01-02_03-04-05", "2026-01-02_03-04-05_1", "2026-01-02_03-04-05_2"]
-    assert config_module.claim_stamp(base) == names[-1], "the same process keeps its folder"
 
 
 def test_job_folder_names_stay_one_level_and_short() -> None:

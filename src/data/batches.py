@@ -23,9 +23,14 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """One seed per (run seed, epoch): the epoch's order and its augmentation follow it."""
+    return seed * 100_003 + epoch
+
+
 def epoch_permutation(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled order of one epoch: a pure function of (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(num_samples, generator=generator)
 
 
@@ -156,7 +161,7 @@ class InMemoryBatches:
             index = rows if order is None else order[rows]
             inputs = self.inputs[index]
             if self.augment is not None and self.generator is not None:
-                self.generator.manual_seed(rank_seed((self.seed * 100_003 + self.epoch) * 1_000_003 + i, self.rank))
+                self.generator.manual_seed(rank_seed(epoch_seed(self.seed, self.epoch) * 1_000_003 + i, self.rank))
                 inputs = self.augment(inputs, self.generator)
             yield self.normalize(inputs), self.targets[index]
 
@@ -231,7 +236,7 @@ class LoaderBatches:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.sampler.epoch, self.sampler.start = epoch, start_batch * self.batch_size
         self.start_batch = start_batch
-        self.generator.manual_seed(rank_seed(self.seed * 100_003 + epoch, self.sampler.rank))  # worker seeds follow (seed, epoch, rank)
+        self.generator.manual_seed(rank_seed(epoch_seed(self.seed, epoch), self.sampler.rank))  # worker seeds follow (seed, epoch, rank)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch, (inputs, targets) in enumerate(self.loader, start=self.start_batch):

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from src.data.batches import BatchAugment, InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
+from src.data.splits import seeded_split
 from src.utils import distributed
 from src.utils.errors import UserError, one_line
 
@@ -66,7 +67,7 @@ def build_data(
         train_set = load_dataset(cfg, train=True) if needs_train else None
         test_set = load_dataset(cfg, train=False) if "test" in splits else None
     in_memory = _use_in_memory(cfg, [d for d in (train_set, test_set) if d is not None])
-    train_idx, val_idx = split_indices(len(train_set), cfg.val_split, cfg.split_seed) if train_set is not None else (None, None)
+    train_idx, val_idx = seeded_split(len(train_set), cfg.val_split, cfg.split_seed) if train_set is not None else (None, None)
     # An empty split would report metrics of nothing; say what to change instead.
     if train_set is not None:
         _check_train_and_val_sizes(cfg, len(train_set), len(train_idx), len(val_idx), splits, overfit_batches)
@@ -119,13 +120,6 @@ def build_data(
     else:
         input_shape = tuple(sample_transform(cfg, "eval")(any_set[0][0]).shape)
     return DataSplits(train=train, val=val, test=test, in_memory=in_memory, input_shape=input_shape, stats=stats)
-
-
-def split_indices(num_samples: int, val_split: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train indices, val indices): a seeded random `val_split` fraction goes to val."""
-    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(split_seed))
-    num_val = int(round(num_samples * val_split))
-    return order[num_val:], order[:num_val]
 
 
 def _check_train_and_val_sizes(

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from src.data.splits import seeded_split
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,8 @@ class ImageFolderSplit(Dataset):
             log.warning(f"Skipping {len(bad)} unreadable image(s) in {folder}, e.g. {self.images.samples[bad[0]][0]}")
         indices = torch.tensor(readable)
         if not presplit:
-            order = indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(split_seed))]
-            num_test = int(round(len(order) * test_split))
-            indices = order[num_test:] if train else order[:num_test]
+            train_indices, test_indices = seeded_split(len(indices), test_split, split_seed)
+            indices = indices[train_indices if train else test_indices]
         self.indices = indices.tolist()
 
     def __len__(self) -> int:

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.utils.config import FLOAT32_MAX
+from src.data.splits import seeded_split
 from src.utils.errors import UserError
 
 
@@ -73,9 +74,8 @@ class CSVTable(Dataset):
         elif len(targets) == 1:
             y = y[:, 0]
 
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(split_seed))
-        num_test = int(round(len(x) * test_split))
-        rows_of_split = order[num_test:] if train else order[:num_test]
+        train_rows, test_rows = seeded_split(len(x), test_split, split_seed)
+        rows_of_split = train_rows if train else test_rows
         if len(rows_of_split) == 0:
             raise UserError(
                 f"{path}: the {'train' if train else 'test'} split is empty: data.dataset.test_split={test_split} of "

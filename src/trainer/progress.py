@@ -12,8 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from src.utils.console import console
 
-CHOICES = ("rich", "tqdm", "none")
-
 
 class NoProgress:
     def __enter__(self) -> NoProgress:

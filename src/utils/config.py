@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import itertools
 import math
-import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +15,8 @@ from src.utils import distributed
 from src.utils.errors import UserError
 
 PROGRESS_CHOICES = ("rich", "tqdm", "none")
+# trainer.precision -> the name of its autocast dtype in torch (None: plain float32).
+PRECISIONS = {"32": None, "16-mixed": "float16", "bf16-mixed": "bfloat16"}
 
 # The largest float32 (torch.finfo(torch.float32).max, written out: this module must not
 # import torch). Larger values, an lr of 1e300 or a CSV cell of 1e308, overflow to inf
@@ -66,7 +65,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "trainer.keep_last_k", lambda v: _is_int(v, 1), "a positive integer, or null to keep all", optional=True)
     _check(cfg, "trainer.deterministic", lambda v: isinstance(v, bool), "true or false")
     _check(cfg, "trainer.detect_anomaly", lambda v: isinstance(v, bool), "true or false")
-    _check(cfg, "trainer.precision", lambda v: str(v) in ("32", "16-mixed", "bf16-mixed"), "32, 16-mixed or bf16-mixed")
+    _check(cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, "one of " + ", ".join(PRECISIONS))
     _check(cfg, "trainer.compile", lambda v: isinstance(v, bool), "true or false")
     _check(cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v, 1), "a positive integer")
     _check(cfg, "trainer.limit_batches", lambda v: _is_int(v, 1), "a positive integer, or null for all", optional=True)
@@ -175,53 +174,31 @@ def validate_test_config(cfg: DictConfig) -> None:
 
 
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
-
-
-def claim_stamp(base: str) -> str:
-    """A new folder `<base>/<timestamp>` for this process, created atomically; a second
-    process started in the same second gets `<timestamp>_1`, and so on.
-
-    The name is remembered in the environment: Hydra may resolve the run or sweep dir
-    more than once, and launcher processes (joblib, submitit) inherit it and reuse it.
-    Under torchrun, rank 0 claims the folder and tells the other ranks its name.
-    """
-    key = "HYDRA_TORCH_TRAINER_STAMP_" + hashlib.md5(base.encode()).hexdigest()[:12]
-    if key not in os.environ:
-        name = _claim_new_stamp(base) if distributed.is_rank_zero() else None
-        os.environ[key] = distributed.broadcast(name)
-    return os.environ[key]
-
-
-def _claim_new_stamp(base: str) -> str:
-    from src.utils.run_folder import missing_ancestors, note_claimed
-
-    stamp = datetime.now().strftime(STAMP_FORMAT)
-    for n in itertools.count():
-        name = stamp if n == 0 else f"{stamp}_{n}"
-        folder = Path(base) / name
-        created = missing_ancestors(folder)
-        try:
-            folder.mkdir(parents=True)
-        except FileExistsError:
-            continue
-        note_claimed(folder, created)  # an early error may remove it: this process made it
-        return name
-    raise AssertionError("unreachable")
+# This process's start time names its run or sweep folder (`RunFolderCallback` adds
+# `_1`, `_2`, ... when another process took that name in the same second).
+START_STAMP = datetime.now().strftime(STAMP_FORMAT)
 
 
 def run_dir(resume: str | None, base: str) -> str:
     """Hydra resolver for `hydra.run.dir`: a resumed run continues in its own folder
-    (the parent of the checkpoint's `checkpoints/`); any other run gets a new folder."""
-    if resume:
-        checkpoint = Path(str(resume))
-        if checkpoint.parent.name == "checkpoints" and (checkpoint.parent.parent / ".hydra").is_dir():
-            return str(checkpoint.parent.parent)
-    return f"{base}/{claim_stamp(base)}"
+    (the parent of the checkpoint's `checkpoints/`); any other run gets `<base>/<time>`.
+    Pure: the folder is claimed later, by `RunFolderCallback`."""
+    return resume_folder(resume) or f"{base}/{START_STAMP}"
+
+
+def resume_folder(resume: str | None) -> str | None:
+    """The run folder a `resume=` checkpoint belongs to, or None for a file elsewhere."""
+    if not resume:
+        return None
+    checkpoint = Path(str(resume))
+    if checkpoint.parent.name == "checkpoints" and (checkpoint.parent.parent / ".hydra").is_dir():
+        return str(checkpoint.parent.parent)
+    return None
 
 
 def sweep_dir(resume: str | None, base: str) -> str:
     """Hydra resolver for `hydra.sweep.dir`: `sweep.resume=PATH` continues that sweep."""
-    return str(resume) if resume else f"{base}/{claim_stamp(base)}"
+    return str(resume) if resume else f"{base}/{START_STAMP}"
 
 
 def output_subdir(resume: str | None) -> str | None:
@@ -230,14 +207,7 @@ def output_subdir(resume: str | None) -> str | None:
     writes one (None: Hydra writes none)."""
     if not distributed.is_rank_zero():
         return None
-    return f".hydra/resume_{_process_stamp()}" if resume else ".hydra"
-
-
-@functools.cache
-def _process_stamp() -> str:
-    """One timestamp per process: Hydra resolves `hydra.output_subdir` more than once,
-    and a second boundary between two resolutions named two different folders."""
-    return datetime.now().strftime(STAMP_FORMAT)
+    return f".hydra/resume_{START_STAMP}" if resume else ".hydra"
 
 
 def job_dirname(number: int, overrides: str) -> str:

@@ -1,6 +1,7 @@
-"""The run folder: what this command created in it, and one writer at a time.
+"""The run folder: claimed once, what this command created in it, one writer at a time.
 
-A run may write into a folder that existed before the command: a resumed run's own
+A new run or sweep folder is claimed before Hydra uses it (`RunFolderCallback`), so
+the Hydra resolvers that name it stay pure. A run may write into a folder that existed before the command: a resumed run's own
 folder, or one the user named (`hydra.run.dir=.`). So the folder is looked at before
 Hydra creates or writes anything (`RunFolderCallback`), and after an early error only
 what this command created is removed; nothing that was there before is touched.
@@ -14,10 +15,13 @@ with the first one named. The kernel drops the lock when its process ends, by
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,8 +29,10 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from src.utils.config import resume_folder
+from src.utils.distributed import broadcast, is_rank_zero
 from src.utils.errors import UserError
 
 LOCK_NAME = ".lock"
@@ -34,7 +40,7 @@ LOCK_NAME = ".lock"
 # are ever removed, and only when this command created them.
 RUN_ENTRIES = (".hydra", LOCK_NAME, "train.log", "test.log", "checkpoints", "tensorboard", "metrics.json")
 
-# Folders that `claim_stamp` created in this process, with the ancestors it created for them.
+# Folders this process claimed for a run, with the ancestors it created for them.
 _claimed: dict[str, list[str]] = {}
 # The folder `RunFolderCallback` looked at before Hydra wrote anything.
 _recorded: RunFolder | None = None
@@ -51,9 +57,19 @@ def missing_ancestors(path: Path) -> list[str]:
     return missing
 
 
-def note_claimed(path: Path, created: list[str]) -> None:
-    """Record that this process created `path` (and the folders in `created`) for a run."""
-    _claimed[os.path.abspath(path)] = created
+def claim(candidate: str) -> str:
+    """Create a new folder named `candidate`, or `candidate_1`, `candidate_2`, ... when
+    another process took that name first (two runs started in the same second)."""
+    for n in itertools.count():
+        name = candidate if n == 0 else f"{candidate}_{n}"
+        created = missing_ancestors(Path(name))
+        try:
+            Path(name).mkdir(parents=True)
+        except FileExistsError:
+            continue
+        _claimed[os.path.abspath(name)] = created  # an early error may remove it: this process made it
+        return name
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -150,22 +166,75 @@ def recorded(path: str | Path) -> RunFolder:
 
 
 class RunFolderCallback(Callback):
-    """Hydra callback: look at the run folder before Hydra creates or writes anything."""
+    """Hydra callback: claim a new run or sweep folder, and look at the run folder
+    before Hydra creates or writes anything there.
+
+    The resolvers in configs/hydra/default.yaml only name `<base>/<start time>`; here,
+    before Hydra uses it, that folder is created atomically (with a suffix when another
+    process took the name) and written back into the config, so every later reader
+    (Hydra, launchers, their job processes) sees the one folder this process owns.
+    Under torchrun, rank 0 claims it and the other ranks hear its name."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from src.utils.console import report_error
-        from src.utils.distributed import is_rank_zero
-
         global _recorded
         HydraConfig.instance().set_config(config)  # what run_job does first: ${hydra:...} resolves
-        try:
+        with _reported():
             check_run_name(OmegaConf.select(config, "name", default=None))
+            if _is_default(config.hydra.run, "dir", "run_dir") and resume_folder(config.get("resume")) is None:
+                _set(config.hydra.run, "dir", _claim_on_rank_zero(str(config.hydra.run.dir)))
             _recorded = RunFolder.look_at(str(config.hydra.run.dir))
             if is_rank_zero():
                 _recorded.check_writable()
-        except UserError as err:
-            report_error(str(err))
-            raise SystemExit(2) from None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)
+        with _reported():
+            if _is_default(config.hydra.sweep, "dir", "sweep_dir") and not OmegaConf.select(config, "sweep.resume"):
+                claimed = claim(str(config.hydra.sweep.dir))
+                _set(config.hydra.sweep, "dir", claimed)
+                # Launchers compose each job's config again from the command line and
+                # these overrides (joblib and submitit in other processes): they must name
+                # the claimed folder, not resolve a new one.
+                with read_write(config.hydra.overrides):
+                    config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
+            else:  # a sweep folder given by path, new or continued: sweepers may open files there at once
+                sweep = Path(str(config.hydra.sweep.dir))
+                if sweep.exists() and not sweep.is_dir():
+                    raise UserError(f"hydra.sweep.dir={str(sweep)!r} is a file, not a folder: name a folder for the sweep.")
+                sweep.mkdir(parents=True, exist_ok=True)
+
+
+def _claim_on_rank_zero(candidate: str) -> str:
+    return broadcast(claim(candidate) if is_rank_zero() else None)
+
+
+def _is_default(node: DictConfig, key: str, resolver: str) -> bool:
+    """Whether `node.key` is still the `${resolver:...}` of configs/hydra/default.yaml,
+    not a folder the user named."""
+    raw = OmegaConf.to_container(node, resolve=False)[key]  # type: ignore[index]
+    return isinstance(raw, str) and raw.startswith("${" + resolver + ":")
+
+
+def _quoted(value: str) -> str:
+    """`value` as one quoted string in Hydra's override grammar."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _set(node: DictConfig, key: str, value: str) -> None:
+    with read_write(node), open_dict(node):
+        node[key] = value
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """A UserError in a Hydra callback: one paragraph and exit 2 (Hydra would print a traceback)."""
+    try:
+        yield
+    except UserError as err:
+        from src.utils.console import report_error
+
+        report_error(str(err))
+        raise SystemExit(2) from None
 
 
 def check_run_name(name: Any) -> None:
