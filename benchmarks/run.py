@@ -44,7 +44,8 @@ from src.data.batches import InMemoryBatches, Normalize  # noqa: E402
 from src.data.builder import DataSplits  # noqa: E402
 from src.models.cnn import CNN  # noqa: E402
 from src.models.mlp import MLP  # noqa: E402
-from src.trainer.trainer import Trainer, to_memory_format  # noqa: E402
+from src.trainer.forward import to_memory_format  # noqa: E402
+from src.trainer.trainer import Trainer  # noqa: E402
 
 MNIST_MEAN, MNIST_STD = [0.1307], [0.3081]
 
@@ -110,12 +111,11 @@ def overhead(make_model, images, targets, device: torch.device, steps: int, roun
             num_outputs=10,
             device=device,
             run_dir=Path(tmp),
-            config_yaml="",
-        )
+            )
         # Both loops train the very same model and optimizer objects: two copies would
         # sit at different memory addresses, which alone can make one a few percent
         # faster than the other for the whole process.
-        hand_model = trainer.forward_model
+        hand_model = trainer.train_forward.model
         loops = {
             "hand": lambda: hand_written_epoch(hand_model, trainer.optimizer, batches, trainer.channels_last),
             "trainer": trainer.train_epoch,

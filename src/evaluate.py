@@ -21,7 +21,9 @@ from src.data.builder import build_data
 from src.train import build
 from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.tensorboard import confusion_image
-from src.trainer.trainer import evaluate, use_channels_last
+from src.trainer.evaluation import evaluate
+from src.trainer.forward import ForwardPass, use_channels_last
+from src.trainer.metrics import make_metrics
 from src.utils.config import validate_data_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device
@@ -56,17 +58,8 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     precision = str(trained.trainer.get("precision", "32"))
     channels_last = use_channels_last(model, trained.trainer.get("channels_last", False), data.input_shape, device, precision)
     task = data_cfg.get("task", "classification")
-    metrics = evaluate(
-        model,
-        loss_fn,
-        batches,
-        data_cfg.num_outputs,
-        device,
-        task=task,
-        confusion=task == "classification",
-        channels_last=channels_last,
-        precision=precision,
-    )
+    forward = ForwardPass(model, loss_fn, device, channels_last, precision)
+    metrics = evaluate(forward, batches, make_metrics(task, data_cfg.num_outputs, device, confusion=task == "classification"))
     values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
     matrix = metrics.confusion_matrix() if task == "classification" else None
 

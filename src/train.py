@@ -19,11 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from src.data.builder import build_data
-from src.trainer.checkpoint import load_checkpoint, load_model_state
+from src.trainer.callbacks import Callbacks
+from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
+from src.trainer.evaluation import evaluate
+from src.trainer.metrics import make_metrics
 from src.trainer.tensorboard import log_hparams
-from src.trainer.trainer import Trainer, evaluate
+from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
-from src.trainer.resume import changed_optimizer_values, restore_best, resumed_config
+from src.trainer.resume import restore, resumed_config, vouched_callbacks
 from src.utils import distributed
 from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
@@ -48,7 +51,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     set_thread_share(HydraConfig.get().launcher)
     state = None
     if cfg.resume:
-        state = load_checkpoint(cfg.resume, resuming=True)
+        state = load_checkpoint(cfg.resume, resuming=True, vouched=vouched_callbacks(cfg))
         hydra = HydraConfig.get()
         cfg = resumed_config(cfg, state, list(hydra.overrides.task), set(hydra.runtime.choices))
         validate_train_config(cfg)
@@ -86,6 +89,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         f"{ddp}"
     )
 
+    callbacks = Callbacks({name: build(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items() if node})
+    run_info = RunInfo(OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats)
     trainer = Trainer(
         model=model,
         loss_fn=loss_fn,
@@ -97,35 +102,18 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         task=cfg.data.task,
         device=device,
         run_dir=run_dir,
-        config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-        choices=_group_choices(state),
+        run_info=run_info,
+        callbacks=callbacks,
     )
     try:
         if state is not None:
-            trainer.load_state_dict(state, Path(cfg.resume))
-            if distributed.is_rank_zero():
-                restore_best(state, Path(cfg.resume), trainer.checkpoint_dir)
-            for key, value in changed_optimizer_values(state["config"], cfg).items():
-                log.info(f"Resumed optimizer: {key} set to {value} for every parameter group")
-                for group in optimizer.param_groups:
-                    group[key] = value
-                    if key == "lr" and "initial_lr" in group:  # what schedulers scale from
-                        group["initial_lr"] = value
+            restore(trainer, state, Path(cfg.resume), cfg)
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         with StopRequest() as stop:
-            test = evaluate(
-                model,
-                loss_fn,
-                data.test,
-                cfg.data.num_outputs,
-                device,
-                task=cfg.data.task,
-                channels_last=trainer.channels_last,
-                precision=trainer.precision,
-                stop=stop,
-            ).compute()
+            metrics = make_metrics(cfg.data.task, cfg.data.num_outputs, device)
+            test = evaluate(trainer.eval_forward, data.test, metrics, stop=stop).compute()
         if stop.signum:
             last = trainer.checkpoint_dir / "last.pt"
             raise RunStopped(

@@ -74,19 +74,21 @@ PAYLOADS = {
         "optimizer": {"_target_": "torch.utils.tensorboard.SummaryWriter", "log_dir": pwned}
     },
     "the run_dir resolver in an interpolation": lambda pwned: {"data.name": "${run_dir:null," + pwned + "}"},
-    "a module that is not installed": lambda pwned: {"model": {"_target_": "evilmod.Model"}},
+    "a module neither installed nor on PYTHONPATH": lambda pwned: {"model": {"_target_": "evilmod.Model"}},
 }
 # The message part naming why, for the cases that do not read `... is not <kind>`.
 REASONS = {"the run_dir resolver in an interpolation": "is an interpolation"}
 # Every payload goes through load_checkpoint (what both entry points call first); to keep
 # this module quick, one of each way to be refused goes through test.py, a few through resume=.
 STDLIB_FUNCTIONS_LIKE_WRITE_TEXT = ("builtins.open as the model", "shutil.copyfile as the loss", "os.makedirs as the model", "os.symlink as the model")
-THROUGH_TEST_PY = [case for case in PAYLOADS if case not in STDLIB_FUNCTIONS_LIKE_WRITE_TEXT]
+# evilmod sits beside the checkpoint, where a download would put it: importable only in
+# this process's tests (sys.path), never through a folder you put on PYTHONPATH.
+IN_PROCESS_ONLY = ("a module neither installed nor on PYTHONPATH",)
+THROUGH_TEST_PY = [case for case in PAYLOADS if case not in STDLIB_FUNCTIONS_LIKE_WRITE_TEXT + IN_PROCESS_ONLY]
 THROUGH_RESUME = [
     "Path.write_text as the model",
     "a function as a transform",
     "the run_dir resolver in an interpolation",
-    "a module that is not installed",
 ]
 
 
@@ -103,14 +105,10 @@ def assert_refused(result: Any, tmp: Path, message: str) -> None:
     assert run_dirs(tmp) == []  # the refused resume's fresh run folder is gone too
 
 
-def with_evilmod(tmp: Path) -> dict[str, str]:
-    return {"PYTHONPATH": str(tmp)}
-
-
 @pytest.mark.parametrize("case", THROUGH_TEST_PY)
 def test_test_py_refuses_a_stored_config_that_names_code(tmp_path: Path, checkpoint: Path, case: str) -> None:
     tampered = payload_checkpoint(checkpoint, tmp_path, case)
-    result = run_cli("test.py", f"checkpoint={tampered}", "device=cpu", cwd=tmp_path, env=with_evilmod(tmp_path))
+    result = run_cli("test.py", f"checkpoint={tampered}", "device=cpu", cwd=tmp_path)
     assert_refused(result, tmp_path, REFUSED)
     assert REASONS.get(case, "is not a") in result.stderr
     assert not (tmp_path / "saved" / "evals").exists() or not any((tmp_path / "saved" / "evals").iterdir())
@@ -119,7 +117,7 @@ def test_test_py_refuses_a_stored_config_that_names_code(tmp_path: Path, checkpo
 @pytest.mark.parametrize("case", THROUGH_RESUME)
 def test_resume_refuses_a_stored_config_that_names_code(tmp_path: Path, checkpoint: Path, case: str) -> None:
     tampered = payload_checkpoint(checkpoint, tmp_path, case)
-    result = run_cli("train.py", f"resume={tampered}", cwd=tmp_path, env=with_evilmod(tmp_path))
+    result = run_cli("train.py", f"resume={tampered}", cwd=tmp_path)
     assert_refused(result, tmp_path, REFUSED)
 
 
@@ -127,7 +125,8 @@ def test_resume_refuses_a_stored_config_that_names_code(tmp_path: Path, checkpoi
 def test_every_payload_is_refused_before_anything_is_built(
     tmp_path: Path, checkpoint: Path, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.syspath_prepend(str(tmp_path))  # evilmod is importable, but not installed
+    monkeypatch.syspath_prepend(str(tmp_path))  # evilmod is importable, but neither installed nor on PYTHONPATH
+    monkeypatch.delenv("PYTHONPATH", raising=False)
     tampered = payload_checkpoint(checkpoint, tmp_path, case)
     for resuming in (False, True):
         with pytest.raises(UserError, match=REFUSED):

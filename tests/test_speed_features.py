@@ -43,7 +43,6 @@ def make_trainer(tmp_path: Path, model: nn.Module, batch_size: int, *overrides: 
         num_outputs=10,
         device=CPU,
         run_dir=tmp_path,
-        config_yaml="",
     )
 
 
@@ -78,7 +77,7 @@ def test_mixed_precision_trains_on_cpu_and_saves_the_scaler(tmp_path: Path, prec
 def test_compiled_model_checkpoints_load_without_compile(tmp_path: Path) -> None:
     torch.manual_seed(0)
     trainer = make_trainer(tmp_path, MLP([1, 28, 28], 10, hidden_sizes=[32]), 64, "trainer.compile=true")
-    assert trainer.forward_model is not trainer.model
+    assert trainer.train_forward.model is not trainer.model
     assert torch.isfinite(torch.tensor(trainer.train_epoch()["train/loss"]))
     weights = trainer.state_dict()["model"]
     assert not any(key.startswith("_orig_mod.") for key in weights)

@@ -44,7 +44,7 @@ def test_frozen_backbone_stays_fixed_while_the_new_head_learns(tmp_path: Path, l
     trainer = Trainer(
         model=model, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, scheduler=None,
         data=DataSplits(train=batches, val=None, test=None, in_memory=True), cfg=trainer_cfg(),
-        num_outputs=10, device=torch.device("cpu"), run_dir=tmp_path, config_yaml="",
+        num_outputs=10, device=torch.device("cpu"), run_dir=tmp_path,
     )
     trainer.train_epoch()
     for name, p in model.named_parameters():

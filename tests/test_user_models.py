@@ -10,7 +10,7 @@ import torch
 
 from conftest import FAST, REPO, run_cli, run_dirs
 from src.models.cnn import CNN
-from src.trainer.trainer import use_channels_last
+from src.trainer.forward import use_channels_last
 from src.utils.errors import UserError
 from template_models import MnistModel
 

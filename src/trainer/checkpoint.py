@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from dataclasses import dataclass, field
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,21 @@ from src.utils.io import atomic_write
 from src.utils.seed import check_rng_state
 
 FORMAT_VERSION = 1
+
+
+@dataclass
+class RunInfo:
+    """What a checkpoint records about the run besides its training state: the resolved
+    config (YAML), the config group choices, and the data's standardisation statistics
+    (so that test.py normalises new data as training did)."""
+
+    config_yaml: str = ""
+    choices: dict[str, str] = field(default_factory=dict)
+    data_stats: dict[str, list[float]] | None = None
+
+    def state(self) -> dict[str, Any]:
+        return {"config": self.config_yaml, "choices": self.choices, "data_stats": self.data_stats}
+
 REQUIRED_KEYS = ("format_version", "model", "config", "epoch", "step")
 # What resuming restores besides those (evaluating needs only the weights and config).
 TRAINING_KEYS = ("optimizer", "scheduler", "batch_in_epoch", "best_metric", "best_epoch", "early_stopping", "rng", "history")
@@ -58,8 +74,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "partial_epoch_metrics": (lambda v: v is None or _is_state(v), "metric sums or None"),
     "monitor": (lambda v: isinstance(v, str), "a metric name"),
     "mode": (lambda v: v in ("min", "max"), "min or max"),
-    "best_metric": (_is_number, "a number"),
-    "best_epoch": (_is_count, "an integer >= 0"),
+    "best_metric": (lambda v: v is None or _is_number(v), "a number, or None before the first epoch ends"),
+    "best_epoch": (lambda v: v is None or _is_count(v), "an integer >= 0, or None before the first epoch ends"),
     "early_stopping": (lambda v: isinstance(v, dict) and {"best", "wait"} <= v.keys(), "a dict with best and wait"),
     "rng": (lambda v: isinstance(v, dict), "a dict of RNG states"),
     "world_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
@@ -80,10 +96,11 @@ def save_checkpoint(state: Mapping[str, Any], *paths: Path) -> None:
         atomic_write(path, lambda f: f.write(data))
 
 
-def load_checkpoint(path: str | Path, resuming: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, resuming: bool = False, vouched: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Read a checkpoint of this framework, with every field and the stored config
-    checked (`resuming`: also everything a resume restores); any problem becomes a
-    clear UserError."""
+    checked (`resuming`: also everything a resume restores, and the callbacks it
+    builds, of which `vouched` maps places to the `_target_`s your own config names;
+    see stored_config.py); any problem becomes a clear UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint not found: {str(path)!r} is not a file. Pass the path of a .pt file written by train.py, e.g. saved/runs/<run>/<time>/checkpoints/best.pt.")
@@ -106,11 +123,11 @@ def load_checkpoint(path: str | Path, resuming: bool = False) -> dict[str, Any]:
             f"{str(path)!r} is not a checkpoint of this framework: expected a dict with the keys "
             f"{', '.join(REQUIRED_KEYS)}, found {found}."
         )
-    _check_fields(state, path, resuming)
+    _check_fields(state, path, resuming, vouched or {})
     return state
 
 
-def _check_fields(state: dict[str, Any], path: Path, resuming: bool) -> None:
+def _check_fields(state: dict[str, Any], path: Path, resuming: bool, vouched: Mapping[str, str]) -> None:
     """Every field as `Trainer.state_dict` writes it, and the stored config checked for
     what it may build (see stored_config.py): a changed file gets a clear error here,
     before anything reads it."""
@@ -140,10 +157,10 @@ def _check_fields(state: dict[str, Any], path: Path, resuming: bool) -> None:
             check_rng_state(entry)
         except Exception as err:  # whatever random, numpy or torch would raise when applying it
             raise _damaged(path, f"its {name} state cannot be restored ({type(err).__name__}: {one_line(err, limit=160)})") from None
-    _check_config(state["config"], path)
+    _check_config(state["config"], path, vouched if resuming else None)
 
 
-def _check_config(text: Any, path: Path) -> None:
+def _check_config(text: Any, path: Path, vouched: Mapping[str, str] | None) -> None:
     """The stored config: YAML text of a mapping with every section of a run's config,
     naming only what a checkpoint may build (stored_config.py)."""
     if not isinstance(text, str):
@@ -154,7 +171,7 @@ def _check_config(text: Any, path: Path) -> None:
         raise _damaged(path, f"its config is not valid YAML ({one_line(err, limit=160)})") from None
     if not isinstance(cfg, DictConfig):
         raise _damaged(path, "its config is a list, not a mapping of config sections")
-    check_stored_config(cfg, path)  # first: it refuses interpolations, which the lookups below would resolve
+    check_stored_config(cfg, path, vouched)  # first: it refuses interpolations, which the lookups below would resolve
     for name in CONFIG_SECTIONS:
         if name not in cfg:
             raise _damaged(path, f"its config has no {name} section (a run's config has {', '.join(CONFIG_SECTIONS)})")

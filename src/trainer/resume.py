@@ -1,16 +1,21 @@
-"""The config of a resumed run: the checkpoint's own config, with the command line's
-single-value overrides on top."""
+"""Resuming a run: its config (the checkpoint's own, with the command line's single-value
+overrides on top), the trainer's state restored from the checkpoint, and a best.pt
+made to agree with it."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.errors import UserError
+from src.utils import distributed
+from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write
+
+if TYPE_CHECKING:
+    from src.trainer.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +135,71 @@ def _holds_best(path: Path, epoch: int, metric: float | None) -> bool:
     except UserError:
         return False
     return saved["epoch"] == epoch and not saved.get("batch_in_epoch") and saved.get("best_metric") == metric
+
+
+def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig) -> None:
+    """Continue `trainer` from a checkpoint written by `Trainer.state_dict`. The RNGs are
+    set last, so that nothing built after this call draws from them before the loop does."""
+    from src.trainer.checkpoint import load_model_state
+    from src.utils.seed import set_rng_state
+
+    load_model_state(trainer.model, state["model"], path)
+    if (state["scheduler"] is None) != (trainer.scheduler is None):
+        had = "a" if state["scheduler"] is not None else "no"
+        raise UserError(f"{str(path)!r} was trained with {had} learning-rate scheduler; resume it with the same scheduler config.")
+    try:
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.scheduler is not None:
+            trainer.scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise UserError(f"The optimizer or scheduler state in {str(path)!r} does not fit this run's config: {one_line(err)}.") from None
+    for key, value in changed_optimizer_values(state["config"], cfg).items():
+        log.info(f"Resumed optimizer: {key} set to {value} for every parameter group")
+        for group in trainer.optimizer.param_groups:
+            group[key] = value
+            if key == "lr" and "initial_lr" in group:  # what schedulers scale from
+                group["initial_lr"] = value
+    trainer.epoch, trainer.step = state["epoch"], state["step"]
+    own = _own_rank_state(state, path, trainer.world_size)
+    trainer.batch_in_epoch, trainer.partial_metrics = state["batch_in_epoch"], own["partial_epoch_metrics"]
+    trainer.best_metric, trainer.best_epoch = state["best_metric"], state["best_epoch"]
+    if state.get("grad_scaler") and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(state["grad_scaler"])
+    trainer.early_stopping.load_state_dict(state["early_stopping"])
+    trainer.stopped_early = trainer.early_stopping.should_stop  # a run that stopped early stays stopped
+    trainer.history = list(state["history"])
+    trainer.callbacks.load_state_dict(state.get("callbacks") or {})
+    if trainer.rank_zero:
+        restore_best(state, path, trainer.checkpoint_dir)
+    if own["rng"] is not None:
+        set_rng_state(own["rng"])
+
+
+def vouched_callbacks(cfg: DictConfig) -> dict[str, str]:
+    """The callbacks' `_target_`s a config names, by place ("callbacks.NAME")."""
+    return {f"callbacks.{name}": str(node.get("_target_")) for name, node in (cfg.get("callbacks") or {}).items() if node}
+
+
+def _own_rank_state(state: dict[str, Any], path: Path, world_size: int) -> dict[str, Any]:
+    """This rank's RNG state and partial epoch metrics from a checkpoint: its own entry
+    when the checkpoint comes from as many ranks as run now."""
+    saved_world = state.get("world_size", 1)
+    ranks = state.get("rank_states")
+    if saved_world == world_size and ranks:
+        return ranks[distributed.rank()]
+    if saved_world != world_size and state["batch_in_epoch"]:
+        raise UserError(
+            f"{str(path)!r} was saved in the middle of an epoch by {saved_world} process(es), and this run has "
+            f"{world_size}: each process's position in its share of the data only holds for the same number. "
+            f"Resume it with torchrun --nproc_per_node={saved_world}"
+            f"{'' if saved_world > 1 else ' (or plain python)'}, or resume an epoch-end checkpoint (epoch_NNN.pt)."
+        )
+    if saved_world != world_size:
+        log.warning(
+            f"{path} comes from {saved_world} process(es) and this run has {world_size}: training continues "
+            f"from it, but not bitwise as the original run would have (the data is shared out differently)."
+        )
+        # Each rank keeps the random numbers of its own seed (seed + rank), rather
+        # than every rank taking rank 0's and drawing the same dropout masks.
+        return {"rng": None, "partial_epoch_metrics": None}
+    return {"rng": state["rng"], "partial_epoch_metrics": state.get("partial_epoch_metrics")}

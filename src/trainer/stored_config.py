@@ -8,16 +8,19 @@ interpolation (it is stored resolved; resolving one could read the environment o
 this project's resolvers, which create folders).
 
 Checking a `_target_` imports its module (running its top-level code), so only what the user
-installed is imported: its top-level package must be torch, torchvision, `src` or another installed
-distribution, never the standard library, and each dotted part a public name (no `.rel`, `_x`, file).
+installed or put on PYTHONPATH is imported: its top-level package must be torch, torchvision, `src`,
+another installed distribution or a package in a PYTHONPATH folder, never the standard library,
+and each dotted part a public name (no `.rel`, `_x`, file).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import importlib.util
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn, optim
 from torch.utils.data import Dataset
 
+from src.trainer.callbacks import Callback
 from src.utils.errors import UserError, one_line
 
 
@@ -45,6 +49,9 @@ DATASET = Kind("a torch Dataset class", (Dataset,))
 # torchvision's v2 transforms are nn.Modules.
 TRANSFORM = Kind("a torchvision transform class (an nn.Module)", (nn.Module,))
 NESTED = Kind("an nn.Module or Dataset class", (nn.Module, Dataset))
+# A plain class with hooks is a callback in your own configs; one named by a checkpoint
+# must say it is one.
+CALLBACK = Kind("a subclass of src.trainer.callbacks.Callback", (Callback,))
 
 # The places the entry points build from, and the kind each one's `_target_` must be.
 PLACES: dict[tuple[str, ...], Kind] = {
@@ -63,16 +70,22 @@ TRUSTED_PACKAGES = ("torch", "torchvision", "src")
 RULE = (
     "A checkpoint is data: its config may only name, at each place, a class of the kind that place "
     "expects (model and loss: nn.Module; optimizer: torch.optim.Optimizer; scheduler: an LR scheduler; "
-    "data.dataset: a torch Dataset; data.transforms: torchvision transforms; anything nested in them: "
-    "nn.Module or Dataset), from torch, torchvision, this project's src or another installed package, "
+    "data.dataset: a torch Dataset; data.transforms: torchvision transforms; callbacks.<name>: a "
+    "src.trainer.callbacks.Callback subclass; anything nested in them: nn.Module or Dataset), from torch, torchvision, this project's src or another installed package, "
     "never the standard library. Nothing from this checkpoint was built or called. Use a checkpoint "
     "written by train.py with your own configs."
 )
 
 
-def check_stored_config(cfg: DictConfig, path: Path) -> None:
+def check_stored_config(cfg: DictConfig, path: Path, vouched: Mapping[str, str] | None = None) -> None:
     """Refuse (UserError naming the place and the value) a stored config with an
-    interpolation or a `_target_` that is not a class of the kind its place expects."""
+    interpolation or a `_target_` that is not a class of the kind its place expects.
+
+    Callbacks are built only by a resume, which passes `vouched` (else they are not
+    checked): it maps places such as "callbacks.mine" to the `_target_` your own config
+    names there. A callback may be any class, so a checkpoint's callback that is no
+    `Callback` subclass is built only when your command line names it too
+    (`resume=... +callbacks.mine._target_=my_package.Mine`)."""
     tree = OmegaConf.to_container(cfg, resolve=False)
     for place, value in _walk(tree, ()):
         if isinstance(value, str) and "${" in value:
@@ -82,6 +95,8 @@ def check_stored_config(cfg: DictConfig, path: Path) -> None:
                 f"environment variables or run this project's resolvers. Use a checkpoint written by train.py."
             )
         if place and place[-1] == "_target_":
+            if place[0] == "callbacks" and (vouched is None or vouched.get(_dotted(place[:-1])) == value):
+                continue
             kind = _kind(place[:-1])
             reason = _refusal(value, kind)
             if reason is not None:
@@ -96,6 +111,8 @@ def _kind(place: tuple[str | int, ...]) -> Kind:
         return PLACES[place]  # type: ignore[index]
     if len(place) == 4 and place[:2] == TRANSFORMS and isinstance(place[3], int):
         return TRANSFORM
+    if len(place) == 2 and place[0] == "callbacks":
+        return CALLBACK
     return NESTED
 
 
@@ -109,8 +126,8 @@ def _refusal(target: Any, kind: Kind) -> str | None:
     package = parts[0]
     if package in sys.stdlib_module_names:
         return f"{package!r} is the standard library"
-    if package not in TRUSTED_PACKAGES and package not in _installed_packages():
-        return f"{package!r} is neither torch, torchvision, src nor an installed package"
+    if package not in TRUSTED_PACKAGES and package not in _installed_packages() and not _on_your_pythonpath(package):
+        return f"{package!r} is neither torch, torchvision, src, an installed package nor on your PYTHONPATH"
     try:
         obj = _locate(target)
     except Exception as err:
@@ -126,6 +143,15 @@ def _refusal(target: Any, kind: Kind) -> str | None:
 def _installed_packages() -> frozenset[str]:
     """Top-level import names of the installed distributions."""
     return frozenset(importlib.metadata.packages_distributions())
+
+
+def _on_your_pythonpath(package: str) -> bool:
+    """Whether `package` lives in a folder you put on PYTHONPATH for this command (your
+    own models and datasets, as in examples/custom_project). Finding it imports nothing."""
+    folders = [Path(entry).resolve() for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    spec = importlib.util.find_spec(package) if folders else None
+    origin = spec.origin if spec is not None and spec.origin else None
+    return origin is not None and any(Path(origin).resolve().is_relative_to(folder) for folder in folders)
 
 
 def _walk(node: Any, place: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Any]]:

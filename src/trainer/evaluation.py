@@ -1,0 +1,24 @@
+"""One pass of a model over a split's batches, in eval mode, summing its metrics."""
+
+from __future__ import annotations
+
+import torch
+
+from src.data.builder import Batches
+from src.trainer.forward import ForwardPass
+from src.trainer.metrics import Metrics
+from src.trainer.signals import StopRequest
+
+
+@torch.inference_mode()
+def evaluate(forward: ForwardPass, batches: Batches, metrics: Metrics, stop: StopRequest | None = None) -> Metrics:
+    """Run `forward` over every batch once and add each batch to `metrics`; when `stop`
+    receives a signal, return after the current batch."""
+    forward.model.eval()
+    batches.set_epoch(0)
+    for inputs, targets in batches:
+        if stop is not None and stop.signum:
+            break
+        outputs, loss = forward(inputs, targets)
+        metrics.update(outputs, targets, loss)
+    return metrics

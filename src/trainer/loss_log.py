@@ -1,0 +1,31 @@
+"""The training loss, read back from the device only when the loop syncs anyway."""
+
+from __future__ import annotations
+
+import torch
+
+from src.utils import distributed
+
+
+class PendingLosses:
+    """Each step's loss tensor, kept (not read) until the loop syncs anyway: every
+    `log_every_n_steps`, before a checkpoint and at the epoch's end. Then one transfer
+    gives the logged mean and the exact batch of any NaN. Under torchrun the losses are
+    averaged over the ranks first, so every rank sees the same values and stops at the
+    same NaN."""
+
+    def __init__(self) -> None:
+        self.losses: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.losses.append(loss)
+
+    def __bool__(self) -> bool:
+        return bool(self.losses)
+
+    def read(self) -> list[float]:
+        """The losses added since the last read, oldest first; empties the list."""
+        world_size = distributed.rank_and_world_size()[1]
+        values = (distributed.sum_across_ranks(torch.stack(self.losses)) / world_size).tolist()
+        self.losses.clear()
+        return values
