@@ -25,13 +25,14 @@ from src.trainer.evaluation import evaluate
 from src.trainer.metrics import make_metrics
 from src.trainer.tensorboard import log_hparams
 from src.trainer.trainer import Trainer
+from src.trainer import stops
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_callbacks
 from src.utils import distributed
 from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
-from src.utils.errors import RunStopped, UserError, one_line
+from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
@@ -115,12 +116,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
             metrics = make_metrics(cfg.data.task, cfg.data.num_outputs, device)
             test = evaluate(trainer.eval_forward, data.test, metrics, stop=stop).compute()
         if stop.signum:
-            last = trainer.checkpoint_dir / "last.pt"
-            raise RunStopped(
-                f"{stop.name} received during the final test of best.pt: training is complete and saved in {last}. "
-                f"To run the test and write metrics.json: python train.py resume={last}",
-                exit_code=128 + stop.signum,
-            )
+            raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt")
         test = {f"test/{k}": v for k, v in test.items()}
         if distributed.is_rank_zero():
             _write_results(cfg, trainer, test, run_dir, time.time() - started)
@@ -139,13 +135,8 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
     try:
         atomic_write_json(run_dir / "metrics.json", results)
     except OSError as err:
-        raise RunStopped(
-            f"Could not write {run_dir / 'metrics.json'}: {err.strerror or err}. Training and the test finished "
-            f"({trainer.monitor} best {trainer.best_metric:.4f} at epoch {trainer.best_epoch}; test {test}); "
-            f"the checkpoints are whole. Free some space, then write it again with: python train.py "
-            f"resume={trainer.checkpoint_dir / 'last.pt'}",
-            exit_code=1,
-        ) from None
+        done = f"Training and the test finished ({trainer.monitor} best {trainer.best_metric:.4f} at epoch {trainer.best_epoch}; test {test}). "
+        raise stops.not_written(str(run_dir / "metrics.json"), err.strerror or str(err), trainer.checkpoint_dir, done) from None
     hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
     summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
     summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})

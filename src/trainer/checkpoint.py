@@ -21,7 +21,8 @@ from src.trainer.stored_config import check_stored_config
 from src.utils.config import _is_int, _is_number
 from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write
-from src.utils.seed import check_rng_state
+from src.utils import distributed
+from src.utils.seed import check_rng_state, rng_state
 
 FORMAT_VERSION = 1
 
@@ -84,6 +85,66 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data_stats": (lambda v: v is None or _is_stats(v), "None or a dict of mean and std lists"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_count(r.get("epoch")) for r in v), "a list of per-epoch records"),
 }
+
+
+@dataclass
+class TrainingState:
+    """One checkpoint: everything a run needs to continue exactly, tensors and plain values
+    only (so `torch.load(path, weights_only=True)` reads it), plus what it records about
+    the run (`run`). `to_dict()` is what goes into the file; README lists the keys."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any] | None
+    grad_scaler: dict[str, Any] | None
+    epoch: int  # completed epochs
+    step: int  # optimizer steps taken
+    batch_in_epoch: int  # batches of epoch `epoch + 1` already done (a mid-epoch save)
+    partial_epoch_metrics: dict[str, Any] | None  # their metric sums
+    monitor: str
+    mode: str
+    best_metric: float | None
+    best_epoch: int | None
+    early_stopping: dict[str, Any]
+    rng: dict[str, Any]
+    world_size: int
+    # Under torchrun, each rank's own RNGs and partial metric sums (rank order), so that
+    # every rank resumes exactly where it stopped.
+    rank_states: list[dict[str, Any]] | None
+    history: list[dict[str, float]]
+    callbacks: dict[str, Any]
+    run: RunInfo
+
+    @classmethod
+    def of(cls, trainer: Any) -> TrainingState:
+        """The state of a `Trainer` now (on every rank: it gathers each rank's RNG state)."""
+        rng = rng_state()
+        ranks = distributed.gather({"rng": rng, "partial_epoch_metrics": trainer.partial_metrics}) if trainer.distributed else None
+        return cls(
+            model=trainer.model.state_dict(),
+            optimizer=trainer.optimizer.state_dict(),
+            scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
+            grad_scaler=trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
+            epoch=trainer.epoch,
+            step=trainer.step,
+            batch_in_epoch=trainer.batch_in_epoch,
+            partial_epoch_metrics=trainer.partial_metrics,
+            monitor=trainer.monitor,
+            mode=trainer.mode,
+            best_metric=trainer.best_metric,
+            best_epoch=trainer.best_epoch,
+            early_stopping=trainer.early_stopping.state_dict(),
+            rng=rng,
+            world_size=trainer.world_size,
+            rank_states=ranks,
+            history=trainer.history,
+            callbacks=trainer.callbacks.state_dict(),
+            run=trainer.run_info,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "run"}
+        return {"format_version": FORMAT_VERSION, **fields, **self.run.state()}
 
 
 def save_checkpoint(state: Mapping[str, Any], *paths: Path) -> None:

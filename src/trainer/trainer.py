@@ -21,9 +21,9 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from src.data.builder import DataSplits
-from src.trainer import ddp
 from src.trainer.callbacks import Callbacks
-from src.trainer.checkpoint import FORMAT_VERSION, RunInfo, save_checkpoint
+from src.trainer import ddp, stops
+from src.trainer.checkpoint import RunInfo, TrainingState, save_checkpoint
 from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, to_memory_format, use_channels_last
@@ -33,8 +33,7 @@ from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
 from src.trainer.tensorboard import image_grid, log_histograms
 from src.utils import distributed
-from src.utils.errors import RunStopped, one_line
-from src.utils.seed import rng_state
+from src.utils.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +210,7 @@ class Trainer:
         except RuntimeError as err:
             if not self.cfg.detect_anomaly:
                 raise
-            raise RunStopped(
-                f"Anomaly detected at step {self.step + 1} (epoch {self.epoch + 1}, batch {batch + 1}): {one_line(err)}. "
-                f"{self._checkpoints_on_disk()}",
-                exit_code=1,
-            ) from err
+            raise stops.anomaly(one_line(err), self.step + 1, self.epoch + 1, batch + 1, self._on_disk()) from err
 
     def _optimizer_step(self, last_of_epoch: bool) -> None:
         scaling, clip = self.scaler.is_enabled(), float(self.cfg.gradient_clip_val)
@@ -279,48 +274,31 @@ class Trainer:
         values = self.losses.read()
         for i, value in enumerate(values):
             if not math.isfinite(value):
-                bad_batch = batch - len(values) + 1 + i
-                raise RunStopped(
-                    f"Non-finite training loss ({value}) at step {self.step_of(bad_batch)} (epoch {self.epoch + 1}, "
-                    f"batch {bad_batch + 1}). {self._checkpoints_on_disk()} Try a lower optimizer.lr, "
-                    f"trainer.gradient_clip_val, or trainer.detect_anomaly=true to find the operation that produced it.",
-                    exit_code=1,
-                )
+                bad = batch - len(values) + 1 + i
+                raise stops.non_finite_loss(value, self.step_of(bad), self.epoch + 1, bad + 1, self._on_disk())
         return sum(values) / len(values)
 
     def _stop_on_non_finite_validation(self, metrics: dict[str, float]) -> None:
-        """Stop when the validation loss or the monitored metric is nan or inf: the model
-        has diverged. Such an epoch never counts as an improvement, so in the first epoch
-        it would leave no best.pt to test, and later ones would only train on from a
-        broken model. (Other metrics may be nan by definition, such as R² of constant targets.)"""
+        """A nan or inf validation loss or monitored metric means the model diverged: such
+        an epoch never counts as an improvement, so the first would leave no best.pt to
+        test. (Other metrics may be nan by definition, such as R² of constant targets.)"""
         for name, value in metrics.items():
             if name in ("val/loss", self.monitor) and not math.isfinite(value):
-                raise RunStopped(
-                    f"Non-finite validation metric {name}={value} after epoch {self.epoch + 1}: the model diverged "
-                    f"(its outputs or loss on the validation split are not finite). {self._checkpoints_on_disk()} "
-                    f"Try a lower optimizer.lr or trainer.gradient_clip_val.",
-                    exit_code=1,
-                )
+                raise stops.non_finite_validation(name, value, self.epoch + 1, self._on_disk())
 
     def step_of(self, batch: int) -> int:
         """The optimizer step (1-based, global) that batch `batch` of this epoch belongs to."""
         return self.epoch_first_step + batch // int(self.cfg.accumulate_grad_batches) + 1
 
-    def _checkpoints_on_disk(self) -> str:
-        if not (self.checkpoint_dir / "last.pt").exists():
-            return "No checkpoint was saved before it."
-        return (
-            f"The checkpoints in {self.checkpoint_dir} are from before it and were not touched "
-            f"(last.pt: epoch {self.epoch}, best.pt: epoch {self.best_epoch})."
-        )
+    def _on_disk(self) -> str:
+        return stops.on_disk(self.checkpoint_dir, self.epoch, self.best_epoch)
 
     def _stop_for_signal(self) -> None:
         where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
-        last = self.checkpoint_dir / "last.pt"
         launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
-        message = f"{signal.Signals(self.stopping).name} received: saved {last} at {where} (step {self.step}). Resume with: {launch} train.py resume={last}"
         self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
-        raise RunStopped(message, exit_code=128 + self.stopping)
+        name = signal.Signals(self.stopping).name
+        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, launch)
 
     # ------------------------------------------------------------------ outputs
     def _log_inputs(self, inputs: torch.Tensor) -> None:
@@ -361,42 +339,13 @@ class Trainer:
             try:
                 save_checkpoint(state, *paths)
             except OSError as err:  # a full or read-only disk: each file is whole, old or new
-                raise RunStopped(
-                    f"Could not write a checkpoint in {self.checkpoint_dir}: {err.strerror or err}. Every checkpoint "
-                    f"there is whole (each is replaced only once its new version is complete). Free some space, then "
-                    f"resume: python train.py resume={self.checkpoint_dir / 'last.pt'}",
-                    exit_code=1,
-                ) from None
+                raise stops.not_written(f"a checkpoint in {self.checkpoint_dir}", err.strerror or str(err), self.checkpoint_dir) from None
         # No rank goes on (to read best.pt, or to exit after a signal) before the files are written.
         distributed.barrier()
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly: tensors and plain values only."""
-        rng = rng_state()
-        state = {
-            "format_version": FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "grad_scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "batch_in_epoch": self.batch_in_epoch,
-            "partial_epoch_metrics": self.partial_metrics,
-            "monitor": self.monitor,
-            "mode": self.mode,
-            "best_metric": self.best_metric,
-            "best_epoch": self.best_epoch,
-            "early_stopping": self.early_stopping.state_dict(),
-            "rng": rng,
-            # Under torchrun, each rank's own RNGs and partial metric sums (rank order),
-            # so that every rank resumes exactly where it stopped.
-            "world_size": self.world_size,
-            "rank_states": distributed.gather({"rng": rng, "partial_epoch_metrics": self.partial_metrics}) if self.distributed else None,
-            **self.run_info.state(),
-            "history": self.history,
-            "callbacks": self.callbacks.state_dict(),
-        }
+        """Everything needed to continue this run exactly (see checkpoint.TrainingState)."""
+        state = TrainingState.of(self).to_dict()
         self.callbacks.call("on_checkpoint", self, state)
         return state
 
