@@ -1,6 +1,6 @@
 """Checkpoint files: tensors and plain values only, written atomically, loaded safely.
 
-A checkpoint is one dict (see ARCHITECTURE.md, "Checkpoint format"). It is always
+A checkpoint is one dict (`TrainingState.to_dict`; the README lists its keys). It is always
 loaded with `weights_only=True`, so a file can never run code when it is read.
 """
 
