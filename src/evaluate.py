@@ -2,7 +2,8 @@
 
 The model is rebuilt from the config stored inside the checkpoint, so no model flags
 are needed. Results are printed, written as JSON next to the checkpoint, and logged
-to TensorBoard in the evaluation's own run folder (with a confusion-matrix image).
+(with a confusion-matrix image) to the loggers of the `logger` config group, in the
+evaluation's own run folder.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
-from torch.utils.tensorboard import SummaryWriter
 
 from src.data.builder import build_data
-from src.train import build
+from src.train import build, build_loggers
 from src.trainer.checkpoint import load_checkpoint, load_model_state
-from src.trainer.tensorboard import confusion_image
+from src.trainer.images import confusion_image
 from src.trainer.trainer import evaluate, use_channels_last
 from src.utils.config import validate_data_config
 from src.utils.console import logging_to, show
@@ -41,6 +41,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     path = Path(cfg.checkpoint)
     state = load_checkpoint(path)
+    loggers = build_loggers(cfg.get("logger"), run_dir)  # a bad logger config fails before the work
     trained = OmegaConf.create(state["config"])
     data_cfg = _data_config(cfg, trained)
 
@@ -82,15 +83,15 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     suffix = cfg.split if data_cfg.name == trained.data.name else f"{data_cfg.name}-{cfg.split}"
     json_path = path.with_name(f"{path.stem}.{suffix}.json")
     atomic_write_json(json_path, record)
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        for tag, value in values.items():
-            writer.add_scalar(tag, value, state["epoch"])
+    try:
+        loggers.log_metrics(values, state["epoch"])
         if matrix is not None:
-            writer.add_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
+            loggers.log_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
+    finally:
+        loggers.close()
 
     _print_results(values, matrix, data_cfg.name, cfg.split)
     log.info(f"Results written to {json_path}")
-    log.info(f"TensorBoard: tensorboard --logdir {run_dir}")
     return record
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from src.data.builder import build_data
 from src.trainer.checkpoint import load_checkpoint, load_model_state
-from src.trainer.tensorboard import log_hparams
+from src.trainer.loggers import Loggers
 from src.trainer.trainer import Trainer, evaluate
 from src.trainer.signals import StopRequest
 from src.trainer.resume import changed_optimizer_values, restore_best, resumed_config
@@ -99,6 +99,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         run_dir=run_dir,
         config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         choices=_group_choices(state),
+        loggers=build_loggers(cfg.get("logger"), run_dir),
     )
     try:
         if state is not None:
@@ -111,6 +112,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
                     group[key] = value
                     if key == "lr" and "initial_lr" in group:  # what schedulers scale from
                         group["initial_lr"] = value
+        trainer.loggers.log_hyperparams(hyperparameters(cfg), {}, trainer.step)
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
@@ -143,9 +145,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], run_dir: Path, seconds: float) -> None:
-    """metrics.json, and the test metrics and hyperparameters in TensorBoard."""
-    for tag, value in test.items():
-        trainer.writer.add_scalar(tag, value, trainer.step)
+    """metrics.json; the hyperparameters with the best and test metrics, and the best
+    checkpoint, to the loggers."""
     results = _results(trainer, test, run_dir)
     results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=seconds)
     try:
@@ -158,10 +159,24 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
             f"resume={trainer.checkpoint_dir / 'last.pt'}",
             exit_code=1,
         ) from None
-    hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
-    summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
-    summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})
-    log_hparams(trainer.writer, hparams, summary, trainer.step)
+    final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
+    trainer.loggers.log_hyperparams(hyperparameters(cfg), final, trainer.step)
+    trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The flattened config the loggers record, without what only says where things
+    are (data paths, the checkpoint resumed) or how they are logged."""
+    where = ("data.dataset.", "data.root", "resume", "sweep.", "logger.")
+    return {key: value for key, value in flatten(cfg) if not key.startswith(where)}
+
+
+def build_loggers(cfg: DictConfig | None, run_dir: Path) -> Loggers:
+    """One logger per entry of the `logger` config, on rank 0 only: under torchrun the
+    other ranks get none, and log nothing."""
+    if not cfg or not distributed.is_rank_zero():
+        return Loggers()
+    return Loggers({name: build(f"logger.{name}", node, run_dir=run_dir) for name, node in cfg.items()})
 
 
 def _group_choices(state: dict[str, Any] | None) -> dict[str, str]:
@@ -181,11 +196,11 @@ def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
 
-def build(group: str, node: DictConfig, *call_args: Any) -> Any:
-    """`instantiate(node)`, called with `call_args` for `_partial_` configs; failures
-    become a UserError naming the config group."""
+def build(group: str, node: DictConfig, *call_args: Any, **kwargs: Any) -> Any:
+    """`instantiate(node, **kwargs)`, called with `call_args` for `_partial_` configs;
+    failures become a UserError naming the config group."""
     try:
-        obj = instantiate(node)
+        obj = instantiate(node, **kwargs)
         return obj(*call_args) if call_args else obj
     except Exception as err:
         cause = err.__cause__ or err
@@ -246,4 +261,3 @@ def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> N
     show(results)
     log.info(f"Run folder: {run_dir}")
     log.info(f"Best checkpoint: {trainer.checkpoint_dir / 'best.pt'} ({trainer.monitor} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})")
-    log.info(f"TensorBoard: tensorboard --logdir {run_dir.parent.parent}")

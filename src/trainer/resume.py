@@ -30,9 +30,15 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
     merged = OmegaConf.create(OmegaConf.to_container(saved))
     # Trainer keys newer than the checkpoint take their defaults.
     merged.trainer = OmegaConf.merge(cfg.trainer, saved.get("trainer", {}))
-    for override in OverridesParser.create().parse_overrides(overrides):
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    # Loggers hold no training state, so a resume may choose others
+    # (logger=[tensorboard,mlflow]); a checkpoint from before loggers were a config
+    # group gets the default.
+    if "logger" not in saved or any(override.key_or_group == "logger" for override in parsed):
+        merged.logger = cfg.get("logger") or {}
+    for override in parsed:
         key = override.key_or_group
-        if key == "resume" or key.startswith("hydra"):
+        if key in ("resume", "logger") or key.startswith("hydra"):
             continue
         if key in groups:
             if saved_choices.get(key) == override.value():

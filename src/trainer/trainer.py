@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 from src.data.builder import Batches, DataSplits
 from src.trainer.checkpoint import FORMAT_VERSION, load_model_state, save_checkpoint
 from src.trainer.early_stopping import EarlyStopping, is_better
+from src.trainer.images import image_grid
+from src.trainer.loggers import Loggers
 from src.trainer.metrics import Metrics, make_metrics
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
-from src.trainer.tensorboard import image_grid, log_histograms
 from src.utils import distributed
 from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.seed import rng_state, set_rng_state
@@ -147,19 +147,13 @@ def evaluate(
     return metrics
 
 
-class NoWriter:
-    """Stands in for the TensorBoard writer on ranks other than 0: logs nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
 class Trainer:
     """Owns the loop state (epoch, step, best metric, history) and the run's outputs.
 
-    `cfg` is the `trainer` config group. Checkpoints go to `run_dir/checkpoints`,
-    TensorBoard events to `run_dir/tensorboard`. Every TensorBoard scalar is logged
-    against the global step, so a resumed run can purge what came after its checkpoint.
+    `cfg` is the `trainer` config group. Checkpoints go to `run_dir/checkpoints`;
+    metrics, images and hyperparameters go to `loggers` (none on torchrun ranks other
+    than 0). Everything is logged against the global step, so a resumed run can purge
+    what came after its checkpoint.
     """
 
     def __init__(
@@ -178,6 +172,7 @@ class Trainer:
         choices: dict[str, str] | None = None,
         task: str = "classification",
         data_stats: dict[str, list[float]] | None = None,
+        loggers: Loggers | None = None,
     ) -> None:
         self.model, self.loss_fn = model, loss_fn
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -205,7 +200,7 @@ class Trainer:
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir = run_dir
         self.checkpoint_dir = run_dir / "checkpoints"
-        self._writer: SummaryWriter | NoWriter | None = None
+        self.loggers = loggers if loggers is not None else Loggers()
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -221,18 +216,6 @@ class Trainer:
         self.first_step_logged = False
         self.epoch_first_step = 0  # the global step count when the current epoch began
         self.profiler: torch.profiler.profile | None = None
-
-    @property
-    def writer(self) -> SummaryWriter | NoWriter:
-        """The TensorBoard writer, opened on first use: after a resumed state is loaded,
-        so that events logged after the checkpoint's step (a future that did not
-        happen) are purged. Under torchrun only rank 0 writes events."""
-        if self._writer is None and not self.rank_zero:
-            self._writer = NoWriter()
-        if self._writer is None:
-            purge = self.step + 1 if self.step else None
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge)
-        return self._writer
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
@@ -339,7 +322,7 @@ class Trainer:
             else:
                 self.optimizer.step()
             if histograms_due and batch + 1 == num_batches:  # the epoch's last gradients
-                log_histograms(self.writer, self.model, self.step + 1)
+                self.loggers.log_histograms(self.model, self.step + 1)
             self.step += 1
             if self.profiler is not None:
                 self.profiler.step()
@@ -349,8 +332,7 @@ class Trainer:
                 self._log_inputs(inputs)
             if self.step % log_every == 0:
                 value = self._read_losses(recent, batch)  # the loop's only sync, every N steps
-                self.writer.add_scalar("train/loss", value, self.step)
-                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+                self.loggers.log_metrics({"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
                 progress.show_loss(value)
             if self._signalled() and batch + 1 < num_batches:
                 if recent:  # empty right after a logging step
@@ -416,10 +398,9 @@ class Trainer:
     def _log_inputs(self, inputs: torch.Tensor) -> None:
         """Once per run: an image grid of the first batch and, on request, the graph."""
         if self.cfg.log_images and inputs.ndim == 4 and inputs.shape[1] in (1, 3):
-            self.writer.add_image("train/first_batch", image_grid(inputs), self.step)
+            self.loggers.log_image("train/first_batch", image_grid(inputs), self.step)
         if self.cfg.log_graph:
-            with torch.no_grad():
-                self.writer.add_graph(self.model, to_memory_format(inputs[:1], self.channels_last))
+            self.loggers.log_graph(self.model, to_memory_format(inputs[:1], self.channels_last))
 
     def _read_losses(self, recent: list[torch.Tensor], batch: int) -> float:
         """Read the losses of the last batches (`batch` is the newest) back at once:
@@ -498,11 +479,9 @@ class Trainer:
     def _log_epoch(self, improved: bool) -> None:
         record = self.history[-1]
         metrics = {k: v for k, v in record.items() if "/" in k}
-        for name, value in metrics.items():
-            # Per-step train/loss already has its tag; the epoch mean gets its own.
-            self.writer.add_scalar("train/epoch_loss" if name == "train/loss" else name, value, self.step)
-        self.writer.add_scalar("epoch", self.epoch, self.step)
-        self.writer.flush()
+        # Per-step train/loss already has its name; the epoch mean gets its own.
+        logged = {"train/epoch_loss" if name == "train/loss" else name: value for name, value in metrics.items()}
+        self.loggers.log_metrics({**logged, "epoch": self.epoch}, self.step)
         text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         mark = "  * best" if improved else ""
         log.info(f"epoch {self.epoch}/{self.cfg.epochs}  {text}  lr {record['lr']:.2e}  {record['seconds']:.1f}s{mark}")
@@ -564,6 +543,7 @@ class Trainer:
             "choices": self.choices,
             "data_stats": self.data_stats,
             "history": self.history,
+            "loggers": self.loggers.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path) -> None:
@@ -588,6 +568,10 @@ class Trainer:
         self.early_stopping.load_state_dict(state["early_stopping"])
         self.stopped_early = self.early_stopping.should_stop  # a run that stopped early stays stopped
         self.history = list(state["history"])
+        # What the loggers need to continue their records (e.g. a remote run's id), and
+        # the step after which what they hold did not happen.
+        self.loggers.load_state_dict(state.get("loggers"))
+        self.loggers.purge_after(self.step)
         if own["rng"] is not None:
             set_rng_state(own["rng"])
 
@@ -616,5 +600,4 @@ class Trainer:
         return {"rng": state["rng"], "partial_epoch_metrics": state.get("partial_epoch_metrics")}
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self.loggers.close()
