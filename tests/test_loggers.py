@@ -1,11 +1,14 @@
 """Loggers: chosen by config, several at once, and continued across a resume without a
-duplicated or out-of-order point."""
+duplicated or out-of-order point. MLflow and W&B are the real packages (W&B offline)."""
 
 from __future__ import annotations
 
 import csv
 import json
 import shutil
+import struct
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import FAST, REPO, run_cli, run_dirs
 
-ALL = "logger=[tensorboard,csv]"
+ALL = "logger=[tensorboard,csv,mlflow,wandb]"
 # 1600 training samples in batches of 64: 25 steps per epoch; train/loss every 5 steps.
 RUN = ["data=synthetic", "trainer.epochs=2", "trainer.log_every_n_steps=5", "trainer.save_every_n_epochs=1", *FAST]
 STEPS_PER_EPOCH = 25
@@ -26,13 +29,18 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Two epochs with every logger, then a resume from the end of epoch 1 with another
     learning rate: epoch 2 is trained again, differently, after it was logged once."""
     cwd = tmp_path_factory.mktemp("loggers")
-    result = run_cli("train.py", *RUN, ALL, cwd=cwd)
+    # W&B keeps its settings and caches under the home folder unless told otherwise.
+    env = {f"WANDB_{name}_DIR": str(cwd / "wandb-home") for name in ("CONFIG", "CACHE", "DATA")}
+    result = run_cli("train.py", *RUN, ALL, cwd=cwd, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = run_dirs(cwd)
-    result = run_cli("train.py", f"resume={run_dir / 'checkpoints' / 'epoch_001.pt'}", "optimizer.lr=0.003", cwd=cwd)
+    first = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["loggers"]
+    resumed_at_ms = time.time() * 1000
+    result = run_cli("train.py", f"resume={run_dir / 'checkpoints' / 'epoch_001.pt'}", "optimizer.lr=0.003", cwd=cwd, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
-    return {"cwd": cwd, "run_dir": run_dir, "history": history}
+    return {"cwd": cwd, "run_dir": run_dir, "first": first, "last": last["loggers"], "history": history, "resumed_at_ms": resumed_at_ms}
 
 
 def test_the_csv_table_has_each_step_once_and_the_resumed_values(resumed: dict) -> None:
@@ -60,6 +68,75 @@ def test_tensorboard_purged_what_came_after_the_checkpoint(resumed: dict) -> Non
     assert "train/first_batch" in events.Tags()["images"] and events.PluginTagToContent("hparams")
 
 
+def test_mlflow_continues_the_same_run_and_each_step_ends_with_the_resumed_value(resumed: dict) -> None:
+    from mlflow import MlflowClient
+
+    run_id = resumed["first"]["mlflow"]["run_id"]
+    assert resumed["last"]["mlflow"]["run_id"] == run_id, "the checkpoint carries the run id over the resume"
+    client = MlflowClient(f"sqlite:///{resumed['cwd'] / 'saved' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("hydra-torch-trainer")
+    assert [run.info.run_id for run in client.search_runs([experiment.experiment_id])] == [run_id], "one run, not two"
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer.lr"] == "0.001" and run.data.params["trainer.epochs"] == "2"
+    assert run.data.tags["resumed.optimizer.lr"] == "0.003", "MLflow keeps a param's first value; the resume's is a tag"
+    assert run.data.tags["resumed_at_steps"] == str(STEPS_PER_EPOCH)
+    assert [f.path for f in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/best.pt"]
+
+    # MLflow cannot delete points: step 50 was logged before the resume too. The newest
+    # point of every step is the resumed run's, and what the resume logged goes forward.
+    points = sorted(client.get_metric_history(run_id, "val/loss"), key=lambda m: m.timestamp)
+    newest = {m.step: m.value for m in points}
+    assert newest == pytest.approx({r["epoch"] * STEPS_PER_EPOCH: r["val/loss"] for r in resumed["history"]})
+    losses = sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.timestamp)
+    assert [m.step for m in losses if m.timestamp >= resumed["resumed_at_ms"]] == list(range(STEPS_PER_EPOCH + 5, 2 * STEPS_PER_EPOCH + 1, 5))
+    assert run.data.metrics["val/loss"] == pytest.approx(resumed["history"][-1]["val/loss"])
+
+
+def test_wandb_continues_the_same_offline_run(resumed: dict) -> None:
+    run_id = resumed["first"]["wandb"]["run_id"]
+    assert resumed["last"]["wandb"]["run_id"] == run_id
+    offline = sorted((resumed["run_dir"] / "wandb").glob("offline-run-*"))
+    assert [path.name.rsplit("-", 1)[1] for path in offline] == [run_id, run_id], "one folder per process, one run id"
+    first, second = (history(path / f"run-{run_id}.wandb") for path in offline)
+    assert [step for step, _ in first] == sorted({step for step, _ in first})
+    steps = [step for step, _ in second]
+    assert steps == sorted(set(steps)) and steps[0] > STEPS_PER_EPOCH, "the resumed process starts after its checkpoint"
+    assert dict(second)[2 * STEPS_PER_EPOCH]["val/loss"] == pytest.approx(resumed["history"][-1]["val/loss"])
+    assert dict(second)[2 * STEPS_PER_EPOCH]["test/accuracy"] > 0
+
+
+def history(path: Path) -> list[tuple[int, dict]]:
+    """(step, values) of each history record in an offline W&B run file, in order."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for data in _leveldb_log_records(path.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            values = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            rows.append((record.history.step.num, values))
+    return rows
+
+
+def _leveldb_log_records(data: bytes, block: int = 32768) -> Iterator[bytes]:
+    """W&B's transaction log: a 7-byte `:W&B` header, then LevelDB's log format (32 KiB
+    blocks of chunks, each `crc32, length, type`: 1 whole, 2 first, 3 middle, 4 last)."""
+    assert data[:4] == b":W&B"
+    position, pending = 7, b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # the rest of a block is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            yield pending
+            pending = b""
+
+
 def compose_loggers(*overrides: str) -> list[str]:
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides))
@@ -72,6 +149,7 @@ def compose_loggers(*overrides: str) -> list[str]:
         ([], ["tensorboard"]),
         (["logger=csv"], ["csv"]),
         (["logger=[tensorboard,csv]"], ["tensorboard", "csv"]),
+        ([ALL], ["tensorboard", "csv", "mlflow", "wandb"]),
         (["logger=[]"], []),
         (["logger=none"], []),
     ],

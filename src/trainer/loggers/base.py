@@ -11,6 +11,7 @@ checkpoint's step (`purge_after`).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -155,3 +156,14 @@ class Loggers:
             log.warning(f"{setting} is set, but none of the loggers ({', '.join(self.loggers)}) has {method}(); skipped (the tensorboard logger has it).")
         return having
 
+
+def run_name(run_dir: Path) -> str:
+    """A remote run's default name: the run folder's last two parts, `<name>/<time>`
+    (`<sweep time>/<job>` in a sweep)."""
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def run_id_from(state: Mapping[str, Any], pattern: re.Pattern[str]) -> str | None:
+    """The `run_id` a checkpoint carries, if it looks like one (`pattern`); else None."""
+    run_id = state.get("run_id")
+    return run_id if isinstance(run_id, str) and pattern.fullmatch(run_id) else None
