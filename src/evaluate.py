@@ -2,7 +2,8 @@
 
 The model is rebuilt from the config stored inside the checkpoint, so no model flags
 are needed. Results are printed, written as JSON next to the checkpoint, and logged
-to TensorBoard in the evaluation's own run folder (with a confusion-matrix image).
+(with a confusion-matrix image) to the loggers of the `logger` config group, in the
+evaluation's own run folder.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
-from torch.utils.tensorboard import SummaryWriter
 
 from src.data.builder import build_data
-from src.train import build
+from src.train import build, build_loggers
 from src.trainer.checkpoint import load_checkpoint, load_model_state
-from src.trainer.tensorboard import confusion_image
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
+from src.trainer.images import confusion_image
 from src.trainer.metrics import make_metrics
 from src.utils.config import validate_data_config
 from src.utils.console import logging_to, show
@@ -43,6 +43,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     path = Path(cfg.checkpoint)
     state = load_checkpoint(path)
+    loggers = build_loggers(cfg.get("logger"), run_dir)  # a bad logger config fails before the work
     trained = OmegaConf.create(state["config"])
     data_cfg = _data_config(cfg, trained)
 
@@ -80,12 +81,12 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info(f"Results written to {json_path}")
     except OSError as err:  # e.g. a read-only checkpoint folder: the printed results still stand
         log.warning(f"Could not write {json_path} ({one_line(err)}); the results above are not saved beside the checkpoint.")
-    with SummaryWriter(str(run_dir / "tensorboard")) as writer:
-        for tag, value in values.items():
-            writer.add_scalar(tag, value, state["epoch"])
+    try:
+        loggers.log_metrics(values, state["epoch"])
         if matrix is not None:
-            writer.add_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
-    log.info(f"TensorBoard: tensorboard --logdir {run_dir}")
+            loggers.log_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
+    finally:
+        loggers.close()
     return record
 
 

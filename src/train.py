@@ -19,15 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from src.data.builder import build_data
+from src.trainer import stops
 from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
 from src.trainer.evaluation import evaluate
+from src.trainer.loggers import Loggers
 from src.trainer.metrics import make_metrics
-from src.trainer.tensorboard import log_hparams
 from src.trainer.trainer import Trainer
-from src.trainer import stops
 from src.trainer.signals import StopRequest
-from src.trainer.resume import restore, resumed_config, vouched_callbacks
+from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.utils import distributed
 from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
@@ -52,7 +52,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     set_thread_share(HydraConfig.get().launcher)
     state = None
     if cfg.resume:
-        state = load_checkpoint(cfg.resume, resuming=True, vouched=vouched_callbacks(cfg))
+        state = load_checkpoint(cfg.resume, resuming=True, vouched=vouched_targets(cfg))
         hydra = HydraConfig.get()
         cfg = resumed_config(cfg, state, list(hydra.overrides.task), set(hydra.runtime.choices))
         validate_train_config(cfg)
@@ -105,10 +105,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         run_dir=run_dir,
         run_info=run_info,
         callbacks=callbacks,
+        loggers=build_loggers(cfg.get("logger"), run_dir),
     )
     try:
         if state is not None:
             restore(trainer, state, Path(cfg.resume), cfg)
+        trainer.loggers.log_hyperparams(hyperparameters(cfg), {}, trainer.step)
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
@@ -127,9 +129,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 
 
 def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], run_dir: Path, seconds: float) -> None:
-    """metrics.json, and the test metrics and hyperparameters in TensorBoard."""
-    for tag, value in test.items():
-        trainer.writer.add_scalar(tag, value, trainer.step)
+    """metrics.json; the hyperparameters with the best and test metrics, and the best
+    checkpoint, to the loggers."""
     results = _results(trainer, test, run_dir)
     results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=seconds)
     try:
@@ -137,10 +138,24 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
     except OSError as err:
         done = f"Training and the test finished ({trainer.monitor} best {trainer.best_metric:.4f} at epoch {trainer.best_epoch}; test {test}). "
         raise stops.not_written(str(run_dir / "metrics.json"), err.strerror or str(err), trainer.checkpoint_dir, done) from None
-    hparams = {k: v for k, v in flatten(cfg) if not k.startswith(("data.dataset.", "data.root"))}
-    summary = {f"hparams/best_{cfg.trainer.monitor.replace('/', '_')}": trainer.best_metric}
-    summary.update({f"hparams/{k.replace('/', '_')}": v for k, v in test.items()})
-    log_hparams(trainer.writer, hparams, summary, trainer.step)
+    final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
+    trainer.loggers.log_hyperparams(hyperparameters(cfg), final, trainer.step)
+    trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The flattened config the loggers record, without what only says where things
+    are (data paths, the checkpoint resumed) or how they are logged."""
+    where = ("data.dataset.", "data.root", "resume", "sweep.", "logger.")
+    return {key: value for key, value in flatten(cfg) if not key.startswith(where)}
+
+
+def build_loggers(cfg: DictConfig | None, run_dir: Path) -> Loggers:
+    """One logger per entry of the `logger` config, on rank 0 only: under torchrun the
+    other ranks get none, and log nothing."""
+    if not cfg or not distributed.is_rank_zero():
+        return Loggers()
+    return Loggers({name: build(f"logger.{name}", node, run_dir=run_dir) for name, node in cfg.items()})
 
 
 def _group_choices(state: dict[str, Any] | None) -> dict[str, str]:
@@ -160,11 +175,11 @@ def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
 
-def build(group: str, node: DictConfig, *call_args: Any) -> Any:
-    """`instantiate(node)`, called with `call_args` for `_partial_` configs; failures
-    become a UserError naming the config group."""
+def build(group: str, node: DictConfig, *call_args: Any, **kwargs: Any) -> Any:
+    """`instantiate(node, **kwargs)`, called with `call_args` for `_partial_` configs;
+    failures become a UserError naming the config group."""
     try:
-        obj = instantiate(node)
+        obj = instantiate(node, **kwargs)
         return obj(*call_args) if call_args else obj
     except Exception as err:
         cause = err.__cause__ or err
@@ -225,4 +240,3 @@ def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> N
     show(results)
     log.info(f"Run folder: {run_dir}")
     log.info(f"Best checkpoint: {trainer.checkpoint_dir / 'best.pt'} ({trainer.monitor} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})")
-    log.info(f"TensorBoard: tensorboard --logdir {run_dir.parent.parent}")

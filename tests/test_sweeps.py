@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,17 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     rows = summary(sweep_dir(tmp_path))
     assert [r["status"] for r in rows] == ["completed", "completed"]
+
+
+def test_the_printed_leaderboard_shows_list_overrides_whole() -> None:
+    from rich.console import Console
+
+    from src.utils.sweep import summary_table
+
+    rows = [{"job": 0, "status": "completed", "overrides": "logger=[tensorboard,csv] model.hidden_sizes=[512,256]"}]
+    printed = io.StringIO()
+    Console(width=200, file=printed).print(summary_table(Path("saved/multirun/x"), rows))
+    assert "logger=[tensorboard,csv] model.hidden_sizes=[512,256]" in printed.getvalue()
 
 
 def test_an_interrupted_sweep_continues_without_retraining_finished_jobs(tmp_path: Path) -> None:

@@ -113,6 +113,8 @@ class TrainingState:
     rank_states: list[dict[str, Any]] | None
     history: list[dict[str, float]]
     callbacks: dict[str, Any]
+    # What each logger needs to continue its records (e.g. an MLflow or W&B run id).
+    loggers: dict[str, Any]
     run: RunInfo
 
     @classmethod
@@ -139,6 +141,7 @@ class TrainingState:
             rank_states=ranks,
             history=trainer.history,
             callbacks=trainer.callbacks.state_dict(),
+            loggers=trainer.loggers.state_dict(),
             run=trainer.run_info,
         )
 

@@ -35,9 +35,15 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
     merged = OmegaConf.create(OmegaConf.to_container(saved))
     # Trainer keys newer than the checkpoint take their defaults.
     merged.trainer = OmegaConf.merge(cfg.trainer, saved.get("trainer", {}))
-    for override in OverridesParser.create().parse_overrides(overrides):
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    # Loggers hold no training state, so a resume may choose others
+    # (logger=[tensorboard,mlflow]); a checkpoint from before loggers were a config
+    # group gets the default.
+    if "logger" not in saved or any(override.key_or_group == "logger" for override in parsed):
+        merged.logger = cfg.get("logger") or {}
+    for override in parsed:
         key = override.key_or_group
-        if key == "resume" or key.startswith("hydra"):
+        if key in ("resume", "logger") or key.startswith("hydra"):
             continue
         if key in groups:
             if saved_choices.get(key) == override.value():
@@ -169,15 +175,24 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig
     trainer.stopped_early = trainer.early_stopping.should_stop  # a run that stopped early stays stopped
     trainer.history = list(state["history"])
     trainer.callbacks.load_state_dict(state.get("callbacks") or {})
+    # What the loggers need to continue their records (e.g. a remote run's id), and the
+    # step after which what they hold did not happen.
+    trainer.loggers.load_state_dict(state.get("loggers"))
+    trainer.loggers.purge_after(trainer.step)
     if trainer.rank_zero:
         restore_best(state, path, trainer.checkpoint_dir)
     if own["rng"] is not None:
         set_rng_state(own["rng"])
 
 
-def vouched_callbacks(cfg: DictConfig) -> dict[str, str]:
-    """The callbacks' `_target_`s a config names, by place ("callbacks.NAME")."""
-    return {f"callbacks.{name}": str(node.get("_target_")) for name, node in (cfg.get("callbacks") or {}).items() if node}
+def vouched_targets(cfg: DictConfig) -> dict[str, str]:
+    """The callbacks' and loggers' `_target_`s a config names, by place ("callbacks.NAME")."""
+    return {
+        f"{section}.{name}": str(node.get("_target_"))
+        for section in ("callbacks", "logger")
+        for name, node in (cfg.get(section) or {}).items()
+        if node
+    }
 
 
 def _own_rank_state(state: dict[str, Any], path: Path, world_size: int) -> dict[str, Any]:

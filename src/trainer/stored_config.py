@@ -31,6 +31,7 @@ from torch import nn, optim
 from torch.utils.data import Dataset
 
 from src.trainer.callbacks import Callback
+from src.trainer.loggers import LoggerBase
 from src.utils.errors import UserError, one_line
 
 
@@ -49,9 +50,12 @@ DATASET = Kind("a torch Dataset class", (Dataset,))
 # torchvision's v2 transforms are nn.Modules.
 TRANSFORM = Kind("a torchvision transform class (an nn.Module)", (nn.Module,))
 NESTED = Kind("an nn.Module or Dataset class", (nn.Module, Dataset))
-# A plain class with hooks is a callback in your own configs; one named by a checkpoint
-# must say it is one.
+# A plain class with hooks is a callback (or a logger) in your own configs; one named by
+# a checkpoint must say it is one.
 CALLBACK = Kind("a subclass of src.trainer.callbacks.Callback", (Callback,))
+LOGGER = Kind("a subclass of src.trainer.loggers.LoggerBase", (LoggerBase,))
+# Sections only a resume builds, with the kind of each of their entries.
+RESUME_ONLY = {"callbacks": CALLBACK, "logger": LOGGER}
 
 # The places the entry points build from, and the kind each one's `_target_` must be.
 PLACES: dict[tuple[str, ...], Kind] = {
@@ -70,8 +74,8 @@ TRUSTED_PACKAGES = ("torch", "torchvision", "src")
 RULE = (
     "A checkpoint is data: its config may only name, at each place, a class of the kind that place "
     "expects (model and loss: nn.Module; optimizer: torch.optim.Optimizer; scheduler: an LR scheduler; "
-    "data.dataset: a torch Dataset; data.transforms: torchvision transforms; callbacks.<name>: a "
-    "src.trainer.callbacks.Callback subclass; anything nested in them: nn.Module or Dataset), from torch, torchvision, this project's src or another installed package, "
+    "data.dataset: a torch Dataset; data.transforms: torchvision transforms; callbacks.<name> and logger.<name>: "
+    "a subclass of src.trainer.callbacks.Callback or src.trainer.loggers.LoggerBase; anything nested in them: nn.Module or Dataset), from torch, torchvision, this project's src or another installed package, "
     "never the standard library. Nothing from this checkpoint was built or called. Use a checkpoint "
     "written by train.py with your own configs."
 )
@@ -81,11 +85,11 @@ def check_stored_config(cfg: DictConfig, path: Path, vouched: Mapping[str, str] 
     """Refuse (UserError naming the place and the value) a stored config with an
     interpolation or a `_target_` that is not a class of the kind its place expects.
 
-    Callbacks are built only by a resume, which passes `vouched` (else they are not
-    checked): it maps places such as "callbacks.mine" to the `_target_` your own config
-    names there. A callback may be any class, so a checkpoint's callback that is no
-    `Callback` subclass is built only when your command line names it too
-    (`resume=... +callbacks.mine._target_=my_package.Mine`)."""
+    Callbacks and loggers are built from a stored config only by a resume, which passes
+    `vouched` (else they are not checked): it maps places such as "callbacks.mine" to the
+    `_target_` your own config names there. A callback or logger may be any class, so a
+    checkpoint's one that is no `Callback` (`LoggerBase`) subclass is built only when your
+    command line names it too (`resume=... +callbacks.mine._target_=my_package.Mine`)."""
     tree = OmegaConf.to_container(cfg, resolve=False)
     for place, value in _walk(tree, ()):
         if isinstance(value, str) and "${" in value:
@@ -95,7 +99,7 @@ def check_stored_config(cfg: DictConfig, path: Path, vouched: Mapping[str, str] 
                 f"environment variables or run this project's resolvers. Use a checkpoint written by train.py."
             )
         if place and place[-1] == "_target_":
-            if place[0] == "callbacks" and (vouched is None or vouched.get(_dotted(place[:-1])) == value):
+            if place[0] in RESUME_ONLY and (vouched is None or vouched.get(_dotted(place[:-1])) == value):
                 continue
             kind = _kind(place[:-1])
             reason = _refusal(value, kind)
@@ -111,8 +115,8 @@ def _kind(place: tuple[str | int, ...]) -> Kind:
         return PLACES[place]  # type: ignore[index]
     if len(place) == 4 and place[:2] == TRANSFORMS and isinstance(place[3], int):
         return TRANSFORM
-    if len(place) == 2 and place[0] == "callbacks":
-        return CALLBACK
+    if len(place) == 2 and place[0] in RESUME_ONLY:
+        return RESUME_ONLY[place[0]]  # type: ignore[index]
     return NESTED
 
 

@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 
 from src.data.builder import DataSplits
 from src.trainer.callbacks import Callbacks
@@ -28,29 +27,24 @@ from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, to_memory_format, use_channels_last
 from src.trainer.loss_log import PendingLosses
+from src.trainer.images import image_grid
+from src.trainer.loggers import Loggers
 from src.trainer.metrics import make_metrics
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
-from src.trainer.tensorboard import image_grid, log_histograms
 from src.utils import distributed
 from src.utils.errors import one_line
 
 log = logging.getLogger(__name__)
 
 
-class NoWriter:
-    """Stands in for the TensorBoard writer on ranks other than 0: logs nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
 class Trainer:
     """Owns the loop state (epoch, step, best metric, history) and the run's outputs.
 
-    `cfg` is the `trainer` config group. Checkpoints go to `run_dir/checkpoints`,
-    TensorBoard events to `run_dir/tensorboard`. Every TensorBoard scalar is logged
-    against the global step, so a resumed run can purge what came after its checkpoint.
+    `cfg` is the `trainer` config group. Checkpoints go to `run_dir/checkpoints`;
+    metrics, images and hyperparameters go to `loggers` (none on torchrun ranks other
+    than 0). Everything is logged against the global step, so a resumed run can purge
+    what came after its checkpoint.
     """
 
     def __init__(
@@ -68,6 +62,7 @@ class Trainer:
         run_info: RunInfo | None = None,
         task: str = "classification",
         callbacks: Callbacks | None = None,
+        loggers: Loggers | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.data, self.cfg, self.device = data, cfg, device
@@ -92,7 +87,7 @@ class Trainer:
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
-        self._writer: SummaryWriter | NoWriter | None = None
+        self.loggers = loggers if loggers is not None else Loggers()
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -112,16 +107,6 @@ class Trainer:
     @property
     def channels_last(self) -> bool:
         return self.train_forward.channels_last
-
-    @property
-    def writer(self) -> SummaryWriter | NoWriter:
-        """The TensorBoard writer, opened on first use: after a resumed state is loaded,
-        so that events logged after the checkpoint's step (a future that did not
-        happen) are purged. Under torchrun only rank 0 writes events."""
-        if self._writer is None:
-            purge = self.step + 1 if self.step else None
-            self._writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge) if self.rank_zero else NoWriter()
-        return self._writer
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
@@ -225,7 +210,7 @@ class Trainer:
             self.optimizer.step()
         every = int(self.cfg.log_histograms_every_n_epochs)
         if last_of_epoch and every > 0 and (self.epoch + 1) % every == 0:  # the epoch's last gradients
-            log_histograms(self.writer, self.model, self.step + 1)
+            self.loggers.log_histograms(self.model, self.step + 1)
         self.step += 1
 
     def _after_step(self, batch: int, inputs: torch.Tensor, progress: NoProgress) -> None:
@@ -236,8 +221,7 @@ class Trainer:
             self._log_inputs(inputs)
         if self.step % int(self.cfg.log_every_n_steps) == 0:
             value = self._read_losses(batch)  # the loop's only sync, every N steps
-            self.writer.add_scalar("train/loss", value, self.step)
-            self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
+            self.loggers.log_metrics({"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
             progress.show_loss(value)
 
     def validate(self, model: nn.Module | None = None) -> dict[str, float]:
@@ -304,19 +288,16 @@ class Trainer:
     def _log_inputs(self, inputs: torch.Tensor) -> None:
         """Once per run: an image grid of the first batch and, on request, the graph."""
         if self.cfg.log_images and inputs.ndim == 4 and inputs.shape[1] in (1, 3):
-            self.writer.add_image("train/first_batch", image_grid(inputs), self.step)
+            self.loggers.log_image("train/first_batch", image_grid(inputs), self.step)
         if self.cfg.log_graph:
-            with torch.no_grad():
-                self.writer.add_graph(self.model, to_memory_format(inputs[:1], self.channels_last))
+            self.loggers.log_graph(self.model, to_memory_format(inputs[:1], self.channels_last))
 
     def _log_epoch(self, improved: bool) -> None:
         record = self.history[-1]
         metrics = {k: v for k, v in record.items() if "/" in k}
-        for name, value in metrics.items():
-            # Per-step train/loss already has its tag; the epoch mean gets its own.
-            self.writer.add_scalar("train/epoch_loss" if name == "train/loss" else name, value, self.step)
-        self.writer.add_scalar("epoch", self.epoch, self.step)
-        self.writer.flush()
+        # Per-step train/loss already has its name; the epoch mean gets its own.
+        logged = {"train/epoch_loss" if name == "train/loss" else name: value for name, value in metrics.items()}
+        self.loggers.log_metrics({**logged, "epoch": self.epoch}, self.step)
         text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         mark = "  * best" if improved else ""
         log.info(f"epoch {self.epoch}/{self.cfg.epochs}  {text}  lr {record['lr']:.2e}  {record['seconds']:.1f}s{mark}")
@@ -350,5 +331,4 @@ class Trainer:
         return state
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        self.loggers.close()

@@ -86,6 +86,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "scheduler.step_size", lambda v: _is_int(v, 1), "a positive integer number of epochs", optional=True)
     _check_loss_fits_task(cfg)
     _check_monitor(cfg)
+    check_loggers(cfg)
 
 
 def validate_data_config(cfg: DictConfig) -> None:
@@ -115,6 +116,21 @@ def validate_data_config(cfg: DictConfig) -> None:
     )
     for key in ("data.mean", "data.std"):
         _check(cfg, key, lambda v: isinstance(v, ListConfig) and all(_is_number(x) for x in v), "a list of numbers, or null", optional=True)
+
+
+def check_loggers(cfg: DictConfig) -> None:
+    """`logger` maps names to configs that each name their class (`logger=[tensorboard,csv]`)."""
+    loggers = cfg.get("logger")  # None after logger=[]
+    if loggers is None:
+        return
+    if not isinstance(loggers, DictConfig):
+        raise UserError(f"Invalid value logger={loggers!r}: choose loggers as logger=tensorboard or logger=[tensorboard,csv] (or logger=[] for none).")
+    for name, node in loggers.items():
+        if not isinstance(node, DictConfig) or not node.get("_target_"):
+            raise UserError(
+                f"logger.{name} names no class: every logger config needs a _target_ (see configs/logger/; "
+                f"choose them as logger=[tensorboard,csv])."
+            )
 
 
 def _check_loss_fits_task(cfg: DictConfig) -> None:
@@ -169,6 +185,7 @@ def validate_test_config(cfg: DictConfig) -> None:
         )
     _check(cfg, "split", lambda v: v in ("test", "val"), "test or val")
     _check(cfg, "device", lambda v: isinstance(v, str) and v != "", "auto, cpu, cuda, cuda:N or mps")
+    check_loggers(cfg)
     if cfg.get("data") is not None:
         validate_data_config(cfg)
 

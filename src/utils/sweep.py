@@ -23,6 +23,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
+from rich.text import Text
 
 from src.utils.console import report_error, show
 from src.utils.errors import RunStopped, UserError, one_line
@@ -133,7 +134,8 @@ def summary_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
         table.add_column(column, justify="right" if column not in ("status", "overrides", "monitor") else "left")
     for row in rows:
         style = "red" if row["status"] != "completed" else None
-        table.add_row(*(_cell(row.get(c)) for c in shown), style=style)
+        # Text, not markup: rich would take `logger=[tensorboard,csv]` for a style tag and drop it.
+        table.add_row(*(Text(_cell(row.get(c))) for c in shown), style=style)
     return table
 
 

@@ -1,25 +1,9 @@
-"""TensorBoard extras: hyperparameters for the HParams tab and a confusion-matrix image."""
+"""Images the loggers show: a grid of a batch, a confusion matrix."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
+import numpy as np
 import torch
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
-
-
-def log_hparams(writer: SummaryWriter, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
-    """Write the run's hyperparameters and final metrics into the run's own event file,
-    so runs pointed at together (`--logdir saved/`) compare in the HParams tab."""
-    clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-    experiment, session_start, session_end = hparams(clean, dict(metrics))
-    file_writer = writer._get_file_writer()
-    for summary in (experiment, session_start, session_end):
-        file_writer.add_summary(summary, step)
-    for tag, value in metrics.items():
-        writer.add_scalar(tag, value, step)
 
 
 def confusion_image(matrix: list[list[int]], cell: int = 24) -> torch.Tensor:
@@ -63,9 +47,9 @@ def image_grid(images: torch.Tensor, columns: int = 8, limit: int = 32) -> torch
     return grid
 
 
-def log_histograms(writer: SummaryWriter, model: torch.nn.Module, step: int) -> None:
-    """Histograms of every parameter and of its last gradient."""
-    for name, parameter in model.named_parameters():
-        writer.add_histogram(f"parameters/{name}", parameter.detach().float().cpu(), step)
-        if parameter.grad is not None:
-            writer.add_histogram(f"gradients/{name}", parameter.grad.detach().float().cpu(), step)
+def to_hwc_uint8(image: torch.Tensor) -> np.ndarray:
+    """A (C, H, W) uint8 or [0, 1] float image as the (H, W, C) uint8 array that image
+    libraries take."""
+    if image.dtype != torch.uint8:
+        image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.cpu().permute(1, 2, 0).numpy()
