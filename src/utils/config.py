@@ -24,7 +24,7 @@ PRECISIONS = {"32": None, "16-mixed": "float16", "bf16-mixed": "bfloat16"}
 FLOAT32_MAX = 3.4028234663852886e38
 
 # Losses that take class indices as targets: a regression target (a float) fails in them.
-CLASS_INDEX_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss")
+CLASS_INDEX_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss", "src.trainer.losses.NLLLoss")
 
 
 def _is_int(value: Any, minimum: int) -> bool:
