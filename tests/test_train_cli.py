@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from conftest import FAST, make_mnist_like, run_cli, run_dirs
 
@@ -63,7 +64,17 @@ def test_tensorboard_has_step_epoch_test_and_hparams(mlp_run: Path) -> None:
     assert {"test/loss", "test/accuracy"} <= scalars
     assert [e.step for e in events.Scalars("val/loss")] == [5, 10, 15]  # global step at each epoch's end
     assert len(events.Scalars("train/loss")) == 15 // 2  # every 2nd of 15 steps
-    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    # The HParams tab: the run's config values, and its best and test metrics.
+    plugin = events.PluginTagToContent("hparams")
+    hparams = HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info.hparams
+    assert hparams["model._target_"].string_value == "src.models.mlp.MLP"
+    assert hparams["trainer.epochs"].number_value == 3 and hparams["optimizer.lr"].number_value == 1e-3
+    assert "data.root" not in hparams, "a machine's own paths are left out"
+    experiment = HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
+    tags = {"hparams/best_val_loss", "hparams/test_loss", "hparams/test_accuracy", "hparams/test_top5"}
+    assert {metric.name.tag for metric in experiment.metric_infos} == tags
+    best = json.loads((mlp_run / "metrics.json").read_text())["best_metric"]
+    assert events.Scalars("hparams/best_val_loss")[-1].value == pytest.approx(best)
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
