@@ -8,7 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from src.trainer.signals import StopRequest
+from src.trainer.signals import STOP_EXIT_CODES
 from src.utils.config import app_help, register_resolvers, validate_train_config, wants_app_help
 from src.utils.distributed import barrier, destroy_process_group, init_process_group, is_rank_zero, launched_by_torchrun
 from src.utils.console import report_error
@@ -78,7 +78,7 @@ if __name__ == "__main__":
     try:
         main()
     except SystemExit as stop:
-        if stop.code in {128 + s for s in StopRequest.SIGNALS}:  # every rank stopped after the same step
+        if stop.code in STOP_EXIT_CODES:  # every rank stopped after the same step
             barrier()
         raise
     else:

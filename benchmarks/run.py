@@ -71,15 +71,19 @@ def trainer_config(**overrides: Any):
     return cfg.trainer
 
 
-def hand_written_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, channels_last: bool) -> None:
-    """The loop people write by hand (as in pytorch-template): no metrics, no checks."""
+def hand_written_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, channels_last: bool) -> int:
+    """The loop people write by hand (as in pytorch-template): no metrics, no checks.
+    Returns the number of steps it took."""
     model.train()
     criterion = nn.CrossEntropyLoss()
+    steps = 0
     for inputs, targets in batches:
         loss = criterion(model(to_memory_format(inputs, channels_last)), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        steps += 1
+    return steps
 
 
 def synchronize(device: torch.device) -> None:
@@ -91,7 +95,9 @@ def overhead(make_model, images, targets, device: torch.device, steps: int, roun
     """Steps/s of Trainer.train_epoch and of the hand-written loop, alternating rounds.
 
     The loops take turns training one model for `rounds` epochs of `steps` batches
-    each; round 0 warms up (allocations, the TensorBoard writer, compilation).
+    each; round 0 warms up (allocations, the TensorBoard writer, compilation). Each
+    rate counts the steps its loop took; `hand_steps` and `trainer_steps` are their
+    totals over the measured rounds.
     """
     batch_size = 128
     count = steps * batch_size
@@ -116,25 +122,33 @@ def overhead(make_model, images, targets, device: torch.device, steps: int, roun
         # sit at different memory addresses, which alone can make one a few percent
         # faster than the other for the whole process.
         hand_model = trainer.train_forward.model
+
+        def trainer_epoch() -> int:
+            before = trainer.step
+            trainer.train_epoch()
+            return trainer.step - before
+
         loops = {
             "hand": lambda: hand_written_epoch(hand_model, trainer.optimizer, batches, trainer.channels_last),
-            "trainer": trainer.train_epoch,
+            "trainer": trainer_epoch,
         }
+        taken = {"hand": 0, "trainer": 0}
         for round_ in range(rounds + 1):
             # Alternate which loop goes first, so neither always inherits a warm cache.
             for kind in ("hand", "trainer") if round_ % 2 else ("trainer", "hand"):
                 synchronize(device)
                 started = time.perf_counter()
-                loops[kind]()
+                steps_taken = loops[kind]()
                 synchronize(device)
                 if round_:
-                    results[kind].append(steps / (time.perf_counter() - started))
+                    results[kind].append(steps_taken / (time.perf_counter() - started))
+                    taken[kind] += steps_taken
         trainer.close()
     hand, ours = statistics.median(results["hand"]), statistics.median(results["trainer"])
     # The ratio is the median of each round's own ratio: the two loops of a round run
     # back to back, so a slow spell of the machine slows both.
     ratio = statistics.median(t / h for t, h in zip(results["trainer"], results["hand"]))
-    return {"hand_steps_per_s": hand, "trainer_steps_per_s": ours, "ratio": ratio}
+    return {"hand_steps_per_s": hand, "trainer_steps_per_s": ours, "ratio": ratio, "hand_steps": taken["hand"], "trainer_steps": taken["trainer"]}
 
 
 def data_paths(images, targets, data_root: Path | None, source: str, device: torch.device, batches_count: int) -> dict[str, float]:

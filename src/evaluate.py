@@ -24,7 +24,7 @@ from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
 from src.trainer.images import confusion_image
 from src.trainer.metrics import make_metrics
-from src.utils.config import validate_data_config
+from src.utils.config import flatten, validate_data_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device
 from src.utils.errors import UserError, one_line
@@ -33,19 +33,20 @@ from src.utils.io import atomic_write_json
 log = logging.getLogger(__name__)
 
 
-def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate `cfg.checkpoint` on `cfg.split`; returns the JSON record it writes."""
+def evaluate_checkpoint(cfg: DictConfig, data_chosen: bool) -> dict[str, Any]:
+    """Evaluate `cfg.checkpoint` on `cfg.split`, on the data config named by `data=NAME`
+    when `data_chosen`, else on the checkpoint's own; returns the JSON record it writes."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with logging_to(run_dir / "test.log"):
-        return _evaluate(cfg, run_dir)
+        return _evaluate(cfg, run_dir, data_chosen)
 
 
-def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, Any]:
     path = Path(cfg.checkpoint)
     state = load_checkpoint(path)
     loggers = build_loggers(cfg.get("logger"), run_dir)  # a bad logger config fails before the work
     trained = OmegaConf.create(state["config"])
-    data_cfg = _data_config(cfg, trained)
+    data_cfg = _data_config(cfg, trained, data_chosen, path)
 
     device = resolve_device(cfg.device, key="device")
     data = build_data(data_cfg, device, seed=trained.seed, splits=(cfg.split,), stats=state.get("data_stats"))
@@ -90,14 +91,16 @@ def _evaluate(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return record
 
 
-def _data_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
-    """The stored data config, or the one given as `data=...`; `data_root` overrides its root."""
-    given = cfg.get("data") is not None
-    data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data if given else trained.data, resolve=True))
-    if cfg.data_root is not None:
-        data_cfg.root = cfg.data_root
-        if "root" in data_cfg.get("dataset", {}):
-            data_cfg.dataset.root = cfg.data_root
+def _data_config(cfg: DictConfig, trained: DictConfig, data_chosen: bool, path: Path) -> DictConfig:
+    """The data config to evaluate on: the one given as `data=NAME` (Hydra applied its
+    `data.*` overrides), or else the one stored in the checkpoint with the command
+    line's `data.*` overrides applied on top."""
+    if data_chosen:
+        data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    else:
+        data_cfg = OmegaConf.create(OmegaConf.to_container(trained.data))
+        for key, value in flatten(cfg.get("data") or {}):
+            _override_stored(data_cfg, key, value, path)
     validate_data_config(OmegaConf.create({"data": data_cfg}))
     ours, theirs = OmegaConf.to_container(data_cfg), OmegaConf.to_container(trained.data)
     for key in ("input_shape", "num_outputs"):
@@ -108,6 +111,25 @@ def _data_config(cfg: DictConfig, trained: DictConfig) -> DictConfig:
                 f"Evaluate on a dataset with the same input shape and number of outputs."
             )
     return data_cfg
+
+
+def _override_stored(data_cfg: DictConfig, key: str, value: Any, path: Path) -> None:
+    """Set `data.<key>` in a data config stored in a checkpoint. The stored config is
+    resolved: a dataset argument that the data config set from the same key
+    (`dataset.root: ${data.root}`, `dataset.path: ${data.path}`) now holds a copy of
+    its value, so it gets the new value too."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(data_cfg, parent_key) if parent_key else data_cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        keys = ", ".join(f"data.{k}" for k in data_cfg if not isinstance(data_cfg[k], DictConfig))
+        raise UserError(
+            f"data.{key} is not a key of the data config stored in {str(path)!r} (data={data_cfg.name}), so there is "
+            f"nothing to override; its keys are: {keys}. To evaluate on another dataset, name it with data=NAME."
+        )
+    dataset = data_cfg.get("dataset")
+    if not parent_key and isinstance(dataset, DictConfig) and leaf in dataset and dataset[leaf] == data_cfg[leaf]:
+        dataset[leaf] = value
+    parent[leaf] = value
 
 
 def _print_results(values: dict[str, float], matrix: list[list[int]] | None, data_name: str, split: str) -> None:

@@ -78,7 +78,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     loss_fn = build("loss", cfg.loss)
     optimizer = build("optimizer", cfg.optimizer, parameter_groups(model))
     for group in optimizer.param_groups:  # e.g. a pretrained backbone learning slower than its head
-        group["lr"] *= group.pop("lr_scale", 1.0)
+        # Kept in the group, and so in checkpoints: a resume's new optimizer.lr is scaled alike.
+        group.setdefault("lr_scale", 1.0)
+        group["lr"] *= group["lr_scale"]
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
     show(model_summary(model, data.input_shape, device))
     ranks = distributed.rank_and_world_size()[1]

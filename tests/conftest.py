@@ -38,9 +38,9 @@ def run_cli(script: str, *overrides: str, cwd: Path, timeout: float = 180, env: 
     )
 
 
-def run_with_fault(script: str, fault: str, *overrides: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run the CLI like `run_cli`, after `fault` (Python source) has patched the child
-    process: a kill -9, a full disk or a signal injected at an exact point."""
+def with_fault(script: str, fault: str, *overrides: str) -> list[str]:
+    """The command line of the CLI with `fault` (Python source) patching the child
+    process first: a kill -9, a full disk or a signal injected at an exact point."""
     code = "\n".join(
         [
             "import runpy, sys",
@@ -50,9 +50,14 @@ def run_with_fault(script: str, fault: str, *overrides: str, cwd: Path, timeout:
             "runpy.run_path(sys.argv[0], run_name='__main__')",
         ]
     )
+    return [sys.executable, "-c", code, *overrides]
+
+
+def run_with_fault(script: str, fault: str, *overrides: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run the CLI like `run_cli`, patched by `fault` (see `with_fault`)."""
     env = cli_env()
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-c", code, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(with_fault(script, fault, *overrides), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_dirs(cwd: Path) -> list[Path]:

@@ -43,10 +43,12 @@ def test_every_model_fits_every_dataset_shape(data: str, model: str) -> None:
 def test_every_loss_takes_class_indices(loss: str) -> None:
     cfg = compose_train("data=synthetic", f"loss={loss}")
     net, loss_fn = instantiate(cfg.model), instantiate(cfg.loss)
-    value = loss_fn(net(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3]))
+    outputs, targets = net(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])
+    value = loss_fn(outputs, targets)
     assert value.ndim == 0 and torch.isfinite(value)
-    if loss == "nll":  # the model ends in log_softmax, as NLL expects
-        assert cfg.model.log_softmax is True
+    if loss == "nll":  # on the model's logits, or on log-probabilities, which log_softmax leaves as they are
+        assert value.item() == pytest.approx(torch.nn.functional.cross_entropy(outputs, targets).item())
+        assert loss_fn(outputs.log_softmax(dim=1), targets).item() == pytest.approx(value.item())
 
 
 @pytest.mark.parametrize("optimizer", choices("optimizer"))

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -89,8 +88,7 @@ def test_sigterm_to_the_torchrun_group_then_resume_is_bitwise_exact(tmp_path: Pa
         cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,  # its own process group, as a scheduler's job has
     )
-    wait_for_line(process, f"epoch 1/{EPOCHS}")
-    time.sleep(0.3)  # into epoch 2
+    wait_for_line(process, "first optimizer step done")  # 75 steps of epoch 1 to go
     os.killpg(process.pid, signal.SIGTERM)
     out, err = process.communicate(timeout=120)
     assert process.returncode != 0
@@ -98,7 +96,7 @@ def test_sigterm_to_the_torchrun_group_then_resume_is_bitwise_exact(tmp_path: Pa
     (run_dir,) = run_dirs(tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
     state = load(last)
-    assert state["epoch"] == 1 and 0 < state["batch_in_epoch"] < 76, "saved in the middle of epoch 2"
+    assert state["epoch"] == 0 and 0 < state["batch_in_epoch"] < 76, "saved in the middle of epoch 1"
 
     result = torchrun(f"resume={last}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -162,14 +160,13 @@ def test_slurm_warning_signal_saves_then_hands_over_to_the_requeue_handler(tmp_p
         f"sys.path.insert(0, {str(REPO)!r})\n"
         f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
     )
-    # The cnn at batch 16: about a second per epoch, so the signal lands mid-epoch.
+    # The cnn at batch 16: 200 steps per epoch, so a signal after the first lands mid-epoch.
     overrides = ["data=synthetic", "model=cnn", "data.dataset.train_size=4000", "data.batch_size=16", "trainer.epochs=3", *FAST]
     process = subprocess.Popen(
         [sys.executable, str(wrapper), *overrides], cwd=tmp_path, env=cli_env(),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    wait_for_line(process, "epoch 1/3")
-    time.sleep(0.2)
+    wait_for_line(process, "first optimizer step done")
     process.send_signal(signal.SIGUSR2)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGUSR2, err

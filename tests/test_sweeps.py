@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import io
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import FAST, run_cli, run_dirs, start_cli, wait_for_line
+from conftest import FAST, cli_env, load, run_cli, run_dirs, start_cli, wait_for_line, with_fault
 from src.utils import config as config_module
 from src.utils import run_folder
 
@@ -112,12 +114,35 @@ def test_an_interrupted_sweep_continues_without_retraining_finished_jobs(tmp_pat
     assert sorted(r["job"] for r in rows) == ["0", "1", "2"] and {r["status"] for r in rows} == {"completed"}
 
 
-def test_two_runs_started_together_get_two_folders(tmp_path: Path) -> None:
-    processes = [start_cli("train.py", *QUICK, cwd=tmp_path) for _ in range(2)]
+def test_sigusr2_mid_job_stops_the_whole_sweep(tmp_path: Path) -> None:
+    # SLURM's warning before the time limit: save the job and stop, as for SIGTERM.
+    # 200 steps per epoch, so the signal lands in the middle of job 0's epoch.
+    long_epoch = ["data.dataset.train_size=4000", "data.batch_size=16"]
+    process = start_cli("train.py", "-m", *QUICK, *long_epoch, "optimizer.lr=1e-3,1e-2", cwd=tmp_path)
+    wait_for_line(process, "first optimizer step done")
+    process.send_signal(signal.SIGUSR2)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGUSR2, err
+    assert "Stopped: SIGUSR2 received" in err and "failed" not in err
+    (job,) = [p for p in sweep_dir(tmp_path).iterdir() if p.is_dir()]
+    assert job.name.startswith("0_"), "job 1 never started"
+    assert load(job / "checkpoints" / "last.pt")["batch_in_epoch"] > 0, "saved mid-epoch, to resume with sweep.resume"
+    assert not (job / "metrics.json").exists(), "not marked failed"
+
+
+def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path: Path) -> None:
+    # Both processes get the same start time: they really start in the same second, and
+    # run side by side.
+    same_second = """
+        import src.utils.config
+        src.utils.config.START_STAMP = "2026-01-02_03-04-05"
+    """
+    command = with_fault("train.py", same_second, *QUICK)
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for process in processes:
-        process.communicate(timeout=120)
-        assert process.returncode == 0
-    assert len(run_dirs(tmp_path)) == 2
+        _, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+    assert [p.name for p in run_dirs(tmp_path)] == ["2026-01-02_03-04-05", "2026-01-02_03-04-05_1"]
 
 
 def test_a_folder_claimed_in_the_same_second_gets_a_suffix(tmp_path: Path) -> None:

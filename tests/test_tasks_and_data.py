@@ -8,15 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FAST, run_cli, run_dirs
+from conftest import FAST, load, run_cli, run_dirs
+from src.data.splits import seeded_split
 from src.data.tabular import CSVTable
 from src.utils.errors import UserError
 
 
-def write_linear_csv(path: Path, rows: int = 400) -> Path:
-    """price = 2a - 3b + 0.5c + 1 + a little noise."""
+def write_linear_csv(path: Path, rows: int = 400, shift: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Path:
+    """price = 2a - 3b + 0.5c + 1 + a little noise; the features a, b, c are standard
+    normal plus `shift`."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(rows, 3))
+    x = rng.normal(size=(rows, 3)) + np.array(shift)
     y = 2 * x[:, 0] - 3 * x[:, 1] + 0.5 * x[:, 2] + 1 + 0.1 * rng.normal(size=rows)
     lines = ["a,b,c,price"] + [f"{a:.5f},{b:.5f},{c:.5f},{t:.5f}" for (a, b, c), t in zip(x, y)]
     path.write_text("\n".join(lines) + "\n")
@@ -41,6 +43,22 @@ def test_linear_regressor_fits_a_csv_and_evaluates_with_saved_standardisation(tm
     record = json.loads((run_dir / "checkpoints" / "best.test.json").read_text())
     assert record["metrics"]["test/r2"] == pytest.approx(metrics["test"]["test/r2"])
     assert record["confusion_matrix"] is None
+
+    # The checkpoint keeps the mean and std of the training split (the file's training
+    # rows less the validation rows)...
+    stats = load(run_dir / "checkpoints" / "best.pt")["data_stats"]
+    train_idx, _ = seeded_split(len(CSVTable(str(table), target="price")), fraction=0.1, seed=0)
+    features = CSVTable(str(table), target="price").data[train_idx].double()
+    assert stats["mean"] == pytest.approx(features.mean(dim=0).tolist())
+    assert stats["std"] == pytest.approx(features.std(dim=0).tolist())
+    # ...and test.py standardises another table with them. The same law on shifted
+    # features: the model fits it only when they are standardised as in training (with
+    # the new table's own mean, the predictions would be off by 2*5 - 3*(-4) = 22).
+    shifted = write_linear_csv(tmp_path / "shifted.csv", shift=(5.0, -4.0, 0.0))
+    result = run_cli("test.py", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", f"data.path={shifted}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run_dir / "checkpoints" / "best.test.json").read_text())
+    assert record["metrics"]["test/r2"] > 0.95
 
 
 def test_bad_tables_are_explained(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from conftest import FAST, run_cli, run_dirs
+from conftest import FAST, make_mnist_like, run_cli, run_dirs
 
 
 def train_fashion(cwd: Path, root: Path, *overrides: str):
@@ -63,7 +64,17 @@ def test_tensorboard_has_step_epoch_test_and_hparams(mlp_run: Path) -> None:
     assert {"test/loss", "test/accuracy"} <= scalars
     assert [e.step for e in events.Scalars("val/loss")] == [5, 10, 15]  # global step at each epoch's end
     assert len(events.Scalars("train/loss")) == 15 // 2  # every 2nd of 15 steps
-    assert "hparams" in events.PluginTagToContent("hparams") or events.PluginTagToContent("hparams")
+    # The HParams tab: the run's config values, and its best and test metrics.
+    plugin = events.PluginTagToContent("hparams")
+    hparams = HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info.hparams
+    assert hparams["model._target_"].string_value == "src.models.mlp.MLP"
+    assert hparams["trainer.epochs"].number_value == 3 and hparams["optimizer.lr"].number_value == 1e-3
+    assert "data.root" not in hparams, "a machine's own paths are left out"
+    experiment = HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
+    tags = {"hparams/best_val_loss", "hparams/test_loss", "hparams/test_accuracy", "hparams/test_top5"}
+    assert {metric.name.tag for metric in experiment.metric_infos} == tags
+    best = json.loads((mlp_run / "metrics.json").read_text())["best_metric"]
+    assert events.Scalars("hparams/best_val_loss")[-1].value == pytest.approx(best)
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -98,6 +109,39 @@ def test_evaluate_on_val_split(tmp_path: Path, mlp_run: Path) -> None:
     best = json.loads((mlp_run / "metrics.json").read_text())["best"]
     assert record["samples"] == 60  # 10% of the 600 training images
     assert record["metrics"]["val/loss"] == pytest.approx(best["val/loss"], rel=1e-5)
+
+
+def test_evaluate_with_data_overrides_on_the_stored_data_config(tmp_path: Path, mlp_run: Path) -> None:
+    # Another copy of the dataset, with 50 test images: data.root points test.py at it,
+    # as it points train.py at a dataset.
+    other = make_mnist_like(tmp_path / "other", test=50, seed=1)
+    best = mlp_run / "checkpoints" / "best.pt"
+    result = run_cli("test.py", f"checkpoint={best}", f"data.root={other}", "data.eval_batch_size=16", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((mlp_run / "checkpoints" / "best.test.json").read_text())
+    assert record["data"] == "fashion_mnist" and record["samples"] == 50
+
+
+def test_evaluate_on_another_dataset_with_its_root(tmp_path: Path, mlp_run: Path) -> None:
+    mnist = make_mnist_like(tmp_path / "mnist", folder="MNIST", test=30, seed=2)
+    best = mlp_run / "checkpoints" / "best.pt"
+    result = run_cli("test.py", f"checkpoint={best}", "data=mnist", f"data.root={mnist}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((mlp_run / "checkpoints" / "best.mnist-test.json").read_text())
+    assert record["data"] == "mnist" and record["samples"] == 30
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "Invalid value data.batch_size=0: expected a positive integer"),
+        ("data.rooot=elsewhere", "data.rooot is not a key of the data config stored in"),
+    ],
+)
+def test_bad_data_overrides_of_the_stored_config_are_explained(tmp_path: Path, mlp_run: Path, override: str, message: str) -> None:
+    result = run_cli("test.py", f"checkpoint={mlp_run / 'checkpoints' / 'best.pt'}", override, "device=cpu", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_early_stopping_ends_training_and_says_so(tmp_path: Path, fashion_root: Path) -> None:

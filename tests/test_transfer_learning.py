@@ -16,6 +16,7 @@ from src.models.pretrained import TorchvisionModel
 from src.train import parameter_groups
 from src.trainer.trainer import Trainer
 from src.utils.errors import UserError
+from conftest import FAST, load, run_cli, run_dirs
 from test_speed_features import trainer_cfg
 
 
@@ -70,3 +71,17 @@ def test_bad_transfer_settings_are_explained(local_weights: Path) -> None:
         TorchvisionModel("resnet18", [3, 32, 32], 10, weights=str(local_weights))
     with pytest.raises(UserError, match="unknown modules \\['layer9'\\]"):
         TorchvisionModel("resnet18", [3, 32, 32], 10, freeze=["layer9"])
+
+
+def test_a_resume_with_a_new_lr_keeps_the_backbone_slower(tmp_path: Path) -> None:
+    small = ["data=synthetic", "data.dataset.train_size=100", "data.dataset.test_size=50", *FAST]
+    slow_backbone = ["model=torchvision", "model.builder=mobilenet_v3_small", "model.backbone_lr_scale=0.1"]
+    result = run_cli("train.py", *small, *slow_backbone, "optimizer.lr=1e-3", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    assert [g["lr"] for g in load(last)["optimizer"]["param_groups"]] == pytest.approx([1e-3, 1e-4]), "head, backbone"
+
+    result = run_cli("train.py", f"resume={last}", "optimizer.lr=1e-4", "trainer.epochs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [g["lr"] for g in load(last)["optimizer"]["param_groups"]] == pytest.approx([1e-4, 1e-5])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -45,6 +47,17 @@ def test_a_model_that_flattens_with_view_trains_and_evaluates_by_default(tmp_pat
     result = run_cli("test.py", f"checkpoint={best}", "device=cpu", cwd=project, env={"PYTHONPATH": str(REPO / "tests")})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test/accuracy" in result.stdout
+
+
+def test_loss_nll_trains_a_model_of_its_own(tmp_path: Path, fashion_root: Path) -> None:
+    # pytorch-template's model ends in log_softmax for its nll_loss; the loss applies
+    # log_softmax itself, which leaves log-probabilities as they are.
+    project = template_project(tmp_path)
+    result = train_template(project, fashion_root, "loss=nll")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run_dir,) = run_dirs(project)
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert math.isfinite(test["test/loss"]) and test["test/accuracy"] > 0.1
 
 
 def test_asking_for_channels_last_on_such_a_model_names_the_cause(tmp_path: Path, fashion_root: Path) -> None:

@@ -24,7 +24,6 @@ class CNN(nn.Module):
         hidden_size: int = 128,
         activation: str = "ReLU",
         dropout: float = 0.0,
-        log_softmax: bool = False,
     ) -> None:
         super().__init__()
         in_channels = input_shape[0]
@@ -47,8 +46,6 @@ class CNN(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden_size, num_outputs),
         ]
-        if log_softmax:
-            head.append(nn.LogSoftmax(dim=1))
         self.classifier = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

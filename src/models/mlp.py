@@ -21,7 +21,6 @@ class MLP(nn.Module):
         hidden_sizes: Sequence[int] = (256, 128),
         activation: str = "ReLU",
         dropout: float = 0.0,
-        log_softmax: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -30,8 +29,6 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, size), make_activation(activation), nn.Dropout(dropout)]
             width = size
         layers.append(nn.Linear(width, num_outputs))
-        if log_softmax:
-            layers.append(nn.LogSoftmax(dim=1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

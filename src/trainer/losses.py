@@ -1,4 +1,5 @@
-"""Regression losses that also accept class indices (one-hot encoded against the output)."""
+"""Losses on the model's raw outputs: negative log-likelihood, and regression losses that
+also accept class indices (one-hot encoded against the output)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ class L1Loss(nn.L1Loss):
 class HuberLoss(nn.HuberLoss):
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return super().forward(outputs, _match_targets(outputs, targets))
+
+
+class NLLLoss(nn.NLLLoss):
+    """Negative log-likelihood of the model's outputs after log_softmax, so any model
+    (one that outputs logits, as every model here does) works with it. log_softmax
+    leaves log-probabilities as they are, so a model that ends in log_softmax itself
+    gets the same loss."""
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.log_softmax(outputs, dim=1), targets)

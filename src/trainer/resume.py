@@ -160,11 +160,12 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig
     except (ValueError, KeyError, RuntimeError) as err:
         raise UserError(f"The optimizer or scheduler state in {str(path)!r} does not fit this run's config: {one_line(err)}.") from None
     for key, value in changed_optimizer_values(state["config"], cfg).items():
-        log.info(f"Resumed optimizer: {key} set to {value} for every parameter group")
+        scaled = " (times each parameter group's lr_scale)" if key == "lr" else ""
+        log.info(f"Resumed optimizer: {key} set to {value}{scaled} for every parameter group")
         for group in trainer.optimizer.param_groups:
-            group[key] = value
+            group[key] = value * group.get("lr_scale", 1.0) if key == "lr" else value
             if key == "lr" and "initial_lr" in group:  # what schedulers scale from
-                group["initial_lr"] = value
+                group["initial_lr"] = group["lr"]
     trainer.epoch, trainer.step = state["epoch"], state["step"]
     own = _own_rank_state(state, path, trainer.world_size)
     trainer.batch_in_epoch, trainer.partial_metrics = state["batch_in_epoch"], own["partial_epoch_metrics"]

@@ -57,3 +57,8 @@ class StopRequest:
                 os._exit(128 + signum)
             return
         self.signum = signum
+
+
+# How a run stopped by one of those signals exits: 128 + the signal's number, as a shell
+# reports a process that a signal ended. A sweep stops on these rather than going on.
+STOP_EXIT_CODES = frozenset(128 + int(s) for s in StopRequest.SIGNALS)

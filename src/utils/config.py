@@ -24,7 +24,7 @@ PRECISIONS = {"32": None, "16-mixed": "float16", "bf16-mixed": "bfloat16"}
 FLOAT32_MAX = 3.4028234663852886e38
 
 # Losses that take class indices as targets: a regression target (a float) fails in them.
-CLASS_INDEX_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss")
+CLASS_INDEX_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss", "src.trainer.losses.NLLLoss")
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -177,7 +177,8 @@ def config_tree(cfg: DictConfig) -> Any:
     return tree
 
 
-def validate_test_config(cfg: DictConfig) -> None:
+def validate_test_config(cfg: DictConfig, data_chosen: bool) -> None:
+    """`data_chosen`: the command line named a data config (`data=NAME`)."""
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise UserError(
             "No checkpoint given: pass one as checkpoint=PATH, "
@@ -186,8 +187,21 @@ def validate_test_config(cfg: DictConfig) -> None:
     _check(cfg, "split", lambda v: v in ("test", "val"), "test or val")
     _check(cfg, "device", lambda v: isinstance(v, str) and v != "", "auto, cpu, cuda, cuda:N or mps")
     check_loggers(cfg)
-    if cfg.get("data") is not None:
+    if data_chosen:  # else `data` holds only overrides of the checkpoint's own data config
         validate_data_config(cfg)
+
+
+def stored_data_overrides(argv: list[str]) -> list[str]:
+    """test.py's command line, with its `data.KEY=VALUE` overrides made acceptable to
+    Hydra when no `data=NAME` is given.
+
+    The data config then comes from the checkpoint, which Hydra never sees, so it would
+    refuse `data.root=...` as a key that is not in the config. As `++data.root=...`
+    Hydra collects them in a partial `data` node, which src/evaluate.py applies onto
+    the stored data config, as train.py applies them onto a data group's config."""
+    if any(arg.split("=", 1)[0].lstrip("+~") == "data" for arg in argv):
+        return argv
+    return [f"++{arg}" if arg.startswith("data.") else arg for arg in argv]
 
 
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"

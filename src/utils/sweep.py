@@ -25,24 +25,22 @@ from omegaconf import DictConfig
 from rich.table import Table
 from rich.text import Text
 
+from src.trainer.signals import STOP_EXIT_CODES
 from src.utils.console import report_error, show
 from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-SIGNAL_EXIT_CODES = (130, 143)
-
-
 def run_sweep_job(task: Callable[[], float], job_dir: Path, overrides: list[str]) -> float:
     """Run one job of a sweep. A failure is recorded in the job's folder (metrics.json
     with `status: failed`, the traceback in train.log) and returned as NaN, so the
-    other jobs still run; Ctrl-C or SIGTERM still stops the whole sweep."""
+    other jobs still run; Ctrl-C, SIGTERM or SLURM's SIGUSR2 still stops the whole sweep."""
     started = time.time()
     try:
         return task()
     except RunStopped as stop:
-        if stop.exit_code in SIGNAL_EXIT_CODES:
+        if stop.exit_code in STOP_EXIT_CODES:
             report_error(str(stop), prefix="Stopped:")
             raise SystemExit(stop.exit_code) from None
         error: BaseException = stop
