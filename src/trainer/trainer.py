@@ -179,11 +179,7 @@ class Trainer:
                 self._after_step(batch, inputs, progress)
             self.callbacks.call("on_train_batch_end", self, batch, loss)
             if steps and batch + 1 < num_batches and self._signalled():
-                if self.losses:
-                    self._read_losses(batch)  # never checkpoint past a NaN
-                self.batch_in_epoch, self.partial_metrics = batch + 1, metrics.state_dict()
-                self._save_checkpoints(best=False)
-                self._stop_for_signal()
+                self._stop_mid_epoch(batch, metrics.state_dict())
         progress.stop()
         if self.losses:
             self._read_losses(num_batches - 1)
@@ -276,6 +272,14 @@ class Trainer:
 
     def _on_disk(self) -> str:
         return stops.on_disk(self.checkpoint_dir, self.epoch, self.best_epoch)
+
+    def _stop_mid_epoch(self, batch: int, partial_metrics: dict[str, Any]) -> None:
+        """Save where this epoch stands (after batch `batch`), then stop for the signal."""
+        if self.losses:
+            self._read_losses(batch)  # never checkpoint past a NaN
+        self.batch_in_epoch, self.partial_metrics = batch + 1, partial_metrics
+        self._save_checkpoints(best=False)
+        self._stop_for_signal()
 
     def _stop_for_signal(self) -> None:
         where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
