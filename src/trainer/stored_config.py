@@ -74,10 +74,12 @@ TRUSTED_PACKAGES = ("torch", "torchvision", "src")
 RULE = (
     "A checkpoint is data: its config may only name, at each place, a class of the kind that place "
     "expects (model and loss: nn.Module; optimizer: torch.optim.Optimizer; scheduler: an LR scheduler; "
-    "data.dataset: a torch Dataset; data.transforms: torchvision transforms; callbacks.<name> and logger.<name>: "
-    "a subclass of src.trainer.callbacks.Callback or src.trainer.loggers.LoggerBase; anything nested in them: nn.Module or Dataset), from torch, torchvision, this project's src or another installed package, "
-    "never the standard library. Nothing from this checkpoint was built or called. Use a checkpoint "
-    "written by train.py with your own configs."
+    "data.dataset: a torch Dataset; data.transforms: torchvision transforms; callbacks.<name>: a "
+    "src.trainer.callbacks.Callback; logger.<name>: a src.trainer.loggers.LoggerBase; anything nested in "
+    "them: nn.Module or Dataset), from torch, torchvision, this project's src, another installed package or "
+    "your PYTHONPATH, never the standard library. Nothing from this checkpoint was built or called. A callback "
+    "or logger of your own that is a plain class is built on resume when your command line names it again "
+    "(+callbacks.NAME._target_=..., logger=...)."
 )
 
 
