@@ -21,6 +21,7 @@ from src.trainer.stored_config import check_stored_config
 from src.utils.config import _is_int, _is_number
 from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write
+from src.trainer import stops
 from src.utils import distributed
 from src.utils.seed import check_rng_state, rng_state
 
@@ -158,6 +159,41 @@ def save_checkpoint(state: Mapping[str, Any], *paths: Path) -> None:
     data = buffer.getvalue()
     for path in paths:
         atomic_write(path, lambda f: f.write(data))
+
+
+class CheckpointFolder:
+    """The run's checkpoints/ folder: which files a save writes, in which order, and
+    how many epoch files it keeps. Only rank 0 writes; every rank waits for it."""
+
+    def __init__(self, folder: Path, every_n_epochs: int = 0, keep_last_k: int | None = None) -> None:
+        self.folder, self.every_n_epochs, self.keep_last_k = folder, every_n_epochs, keep_last_k
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files left by a process killed in the middle of a save."""
+        if distributed.is_rank_zero():
+            for stale in self.folder.glob(".*.tmp"):
+                stale.unlink()
+
+    def save(self, state: dict[str, Any], epoch: int, best: bool, mid_epoch: bool) -> None:
+        """Write last.pt, and best.pt and epoch_NNN.pt when due. last.pt is renamed last:
+        it is what a resume starts from, so after a kill between two renames the resume
+        repeats this save, and every file it names exists (see resume.restore_best)."""
+        epoch_file = bool(self.every_n_epochs) and not mid_epoch and epoch % self.every_n_epochs == 0
+        paths = [self.folder / f"epoch_{epoch:03d}.pt"] * epoch_file + [self.folder / "best.pt"] * best
+        self.write(state, *paths, self.folder / "last.pt")
+        if distributed.is_rank_zero() and self.keep_last_k:
+            for old in sorted(self.folder.glob("epoch_*.pt"))[: -self.keep_last_k]:
+                old.unlink()
+
+    def write(self, state: dict[str, Any], *paths: Path) -> None:
+        """`state` to `paths` in order (rank 0), then every rank goes on: none reads best.pt
+        or exits after a signal before the files are written."""
+        if distributed.is_rank_zero():
+            try:
+                save_checkpoint(state, *paths)
+            except OSError as err:  # a full or read-only disk: each file is whole, old or new
+                raise stops.not_written(f"a checkpoint in {self.folder}", err.strerror or str(err), self.folder) from None
+        distributed.barrier()
 
 
 def load_checkpoint(path: str | Path, resuming: bool = False, vouched: Mapping[str, str] | None = None) -> dict[str, Any]:

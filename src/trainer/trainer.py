@@ -22,7 +22,7 @@ from torch import nn
 from src.data.builder import DataSplits
 from src.trainer.callbacks import Callbacks
 from src.trainer import ddp, stops
-from src.trainer.checkpoint import RunInfo, TrainingState, save_checkpoint
+from src.trainer.checkpoint import CheckpointFolder, RunInfo, TrainingState
 from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, to_memory_format, use_channels_last
@@ -87,6 +87,7 @@ class Trainer:
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
+        self.checkpoints = CheckpointFolder(self.checkpoint_dir, cfg.save_every_n_epochs, cfg.keep_last_k)
         self.loggers = loggers if loggers is not None else Loggers()
 
         self.epoch = 0  # completed epochs
@@ -110,9 +111,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
-        if self.rank_zero:
-            for stale in self.checkpoint_dir.glob(".*.tmp"):  # left by a process killed mid-save
-                stale.unlink()
+        self.checkpoints.remove_stale_temporaries()
         anomaly = torch.autograd.detect_anomaly() if self.cfg.detect_anomaly else nullcontext()
         bar = make_progress(self.cfg.progress if self.rank_zero else "none")
         with self.stop, anomaly, bar as progress:
@@ -307,26 +306,8 @@ class Trainer:
         log.info(f"epoch {self.epoch}/{self.cfg.epochs}  {text}  lr {record['lr']:.2e}  {record['seconds']:.1f}s{mark}")
 
     def _save_checkpoints(self, best: bool) -> None:
-        # last.pt is renamed last: it is what a resume starts from, so after a kill
-        # between two renames the resume repeats this save, and every file it names
-        # (this epoch's epoch_NNN.pt, best.pt) exists; see resume.restore_best.
-        every = self.cfg.save_every_n_epochs
-        epoch_file = bool(every) and not self.batch_in_epoch and self.epoch % every == 0
-        paths = [self.checkpoint_dir / f"epoch_{self.epoch:03d}.pt"] * epoch_file + [self.checkpoint_dir / "best.pt"] * best
-        self.save(self.state_dict(), *paths, self.checkpoint_dir / "last.pt")  # state_dict on every rank: it gathers RNG states
-        if self.rank_zero and self.cfg.keep_last_k:
-            for old in sorted(self.checkpoint_dir.glob("epoch_*.pt"))[: -self.cfg.keep_last_k]:
-                old.unlink()
-
-    def save(self, state: dict[str, Any], *paths: Path) -> None:
-        """Write `state` to `paths` in order (rank 0), then let every rank go on."""
-        if self.rank_zero:
-            try:
-                save_checkpoint(state, *paths)
-            except OSError as err:  # a full or read-only disk: each file is whole, old or new
-                raise stops.not_written(f"a checkpoint in {self.checkpoint_dir}", err.strerror or str(err), self.checkpoint_dir) from None
-        # No rank goes on (to read best.pt, or to exit after a signal) before the files are written.
-        distributed.barrier()
+        # state_dict() on every rank: it gathers each rank's RNG state.
+        self.checkpoints.save(self.state_dict(), self.epoch, best, mid_epoch=bool(self.batch_in_epoch))
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly (see checkpoint.TrainingState)."""

@@ -50,7 +50,7 @@ class SWA(Callback):
         metrics = trainer.validate(averaged.module)
         state = trainer.state_dict()
         state["model"] = averaged.module.state_dict()
-        trainer.save(state, trainer.checkpoint_dir / "swa.pt")
+        trainer.checkpoints.write(state, trainer.checkpoint_dir / "swa.pt")
         shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         log.info(f"SWA of {int(averaged.n_averaged)} epochs saved to {trainer.checkpoint_dir / 'swa.pt'}" + (f": {shown}" if shown else ""))
 
