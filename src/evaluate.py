@@ -18,12 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from src.data.builder import build_data
-from src.train import build, build_loggers
+from src.train import build_loggers
 from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
 from src.trainer.images import confusion_image
 from src.trainer.metrics import make_metrics
+from src.utils.build import build
 from src.utils.config import flatten, validate_data_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device

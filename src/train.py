@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
@@ -30,9 +29,9 @@ from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.utils import distributed
 from src.utils.config import config_tree, flatten, validate_train_config
+from src.utils.build import build
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
-from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
@@ -93,7 +92,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     )
 
     callbacks = Callbacks({name: build(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items() if node})
-    run_info = RunInfo(OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats)
+    run_info = RunInfo(OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features)
     trainer = Trainer(
         model=model,
         loss_fn=loss_fn,
@@ -175,24 +174,6 @@ def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     if hasattr(model, "parameter_groups"):
         return model.parameter_groups()
     return [{"params": [p for p in model.parameters() if p.requires_grad]}]
-
-
-def build(group: str, node: DictConfig, *call_args: Any, **kwargs: Any) -> Any:
-    """`instantiate(node, **kwargs)`, called with `call_args` for `_partial_` configs;
-    failures become a UserError naming the config group."""
-    try:
-        obj = instantiate(node, **kwargs)
-        return obj(*call_args) if call_args else obj
-    except Exception as err:
-        cause = err.__cause__ or err
-        if isinstance(cause, UserError):  # already says what is wrong
-            raise cause from None
-        reason = one_line(cause)
-        raise UserError(
-            f"Could not build the {group} from its config (_target_={node.get('_target_')}): "
-            f"{type(cause).__name__}: {reason}. Check the {group}.* values "
-            f"(set HYDRA_FULL_ERROR=1 to see the traceback)."
-        ) from err
 
 
 def _results(trainer: Trainer, test: dict[str, float], run_dir: Path) -> dict[str, Any]:

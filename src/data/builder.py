@@ -44,6 +44,10 @@ class DataSplits:
     # Per-feature mean/std computed on the training split (data.standardize), which a
     # checkpoint keeps so evaluation normalises exactly as training did.
     stats: dict[str, list[float]] | None = None
+    # The dataset's class names (torchvision's `classes`, an image folder's class
+    # folders) and a table's feature column names, when it has them.
+    classes: list[str] | None = None
+    features: list[str] | None = None
 
 
 def build_data(
@@ -76,8 +80,7 @@ def build_data(
     if cfg.get("standardize") and stats is None:
         features = _as_tensors(train_set)[0][train_idx].double()
         stats = {"mean": features.mean(dim=0).tolist(), "std": features.std(dim=0).clamp_min(1e-8).tolist()}
-    mean, std = (stats["mean"], stats["std"]) if stats else (cfg.mean, cfg.std)
-    normalize = Normalize(mean, std, device)
+    normalize = Normalize(*normalization(cfg, stats), device)
     augment = BatchAugment(**cfg.augment) if cfg.get("augment") else None
 
     rank, world_size = distributed.rank_and_world_size()  # under torchrun, each rank gets its share
@@ -119,7 +122,25 @@ def build_data(
         input_shape = tuple(_as_tensors(any_set)[0].shape[1:])
     else:
         input_shape = tuple(sample_transform(cfg, "eval")(any_set[0][0]).shape)
-    return DataSplits(train=train, val=val, test=test, in_memory=in_memory, input_shape=input_shape, stats=stats)
+    return DataSplits(
+        train=train, val=val, test=test, in_memory=in_memory, input_shape=input_shape, stats=stats,
+        classes=_names(any_set, "classes"), features=_names(any_set, "feature_names"),
+    )
+
+
+def normalization(cfg: DictConfig, stats: dict[str, list[float]] | None) -> tuple[list[float] | None, list[float] | None]:
+    """The (mean, std) a batch is normalised with: the training split's feature
+    statistics when the data is standardised (`stats`), else data.mean and data.std."""
+    mean, std = (stats["mean"], stats["std"]) if stats else (cfg.mean, cfg.std)
+    return (None if mean is None else list(mean)), (None if std is None else list(std))
+
+
+def _names(dataset: Any, attribute: str) -> list[str] | None:
+    """`dataset.<attribute>` when it is a list of names (what a checkpoint may keep), else None."""
+    names = getattr(dataset, attribute, None)
+    if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
+        return list(names)
+    return None
 
 
 def _check_train_and_val_sizes(

@@ -43,13 +43,7 @@ class CSVTable(Dataset):
         if not file.is_file():
             raise UserError(f"data.path={path!r} is not a file: point it at a CSV or TSV file with a header line.")
         targets = [target] if isinstance(target, str) else list(target)
-        if delimiter is None:
-            delimiter = "\t" if file.suffix.lower() in (".tsv", ".tab") else ","
-        rows = _read_rows(file, delimiter)
-        if len(rows) < 2:
-            raise UserError(f"{path} has no data rows: expected a header line and at least one row.")
-        header = [name.strip() for name in rows[0]]
-        _check_shape(rows, header, path)
+        header, rows = _read_table(file, delimiter)
         missing = [name for name in [*targets, *(features or [])] if name not in header]
         if missing:
             raise UserError(f"{path} has no column(s) {', '.join(map(repr, missing))}; its columns are: {', '.join(header)}.")
@@ -90,6 +84,32 @@ class CSVTable(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.data[index], self.targets[index]
+
+
+def read_feature_rows(path: str | Path, features: Sequence[str]) -> torch.Tensor:
+    """The `features` columns of a CSV or TSV file with a header line, found by name and
+    in that order (other columns are ignored): the inputs of a model trained on a table."""
+    header, rows = _read_table(Path(path), None)
+    missing = [name for name in features if name not in header]
+    if missing:
+        raise UserError(
+            f"{path} has no column(s) {', '.join(map(repr, missing))}, which the model takes as input: it was trained "
+            f"on the features {', '.join(features)} (found by name, in any order). The file's columns are: {', '.join(header)}."
+        )
+    return _numeric(rows, [header.index(name) for name in features], list(features), str(path))
+
+
+def _read_table(file: Path, delimiter: str | None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a table with a header line and at least one data row; the
+    delimiter is a tab for .tsv/.tab files and a comma otherwise, unless given."""
+    if delimiter is None:
+        delimiter = "\t" if file.suffix.lower() in (".tsv", ".tab") else ","
+    rows = _read_rows(file, delimiter)
+    if len(rows) < 2:
+        raise UserError(f"{file} has no data rows: expected a header line and at least one row.")
+    header = [name.strip() for name in rows[0]]
+    _check_shape(rows, header, str(file))
+    return header, rows
 
 
 def _read_rows(file: Path, delimiter: str) -> list[list[str]]:

@@ -31,15 +31,25 @@ FORMAT_VERSION = 1
 @dataclass
 class RunInfo:
     """What a checkpoint records about the run besides its training state: the resolved
-    config (YAML), the config group choices, and the data's standardisation statistics
-    (so that test.py normalises new data as training did)."""
+    config (YAML), the config group choices, the data's standardisation statistics
+    (so that test.py normalises new data as training did), and the names of the
+    classes and input features when the dataset has them (so that predict.py names
+    its predictions, and reads a table's columns by name)."""
 
     config_yaml: str = ""
     choices: dict[str, str] = field(default_factory=dict)
     data_stats: dict[str, list[float]] | None = None
+    classes: list[str] | None = None
+    features: list[str] | None = None
 
     def state(self) -> dict[str, Any]:
-        return {"config": self.config_yaml, "choices": self.choices, "data_stats": self.data_stats}
+        return {
+            "config": self.config_yaml,
+            "choices": self.choices,
+            "data_stats": self.data_stats,
+            "classes": self.classes,
+            "features": self.features,
+        }
 
 REQUIRED_KEYS = ("format_version", "model", "config", "epoch", "step")
 # What resuming restores besides those (evaluating needs only the weights and config).
@@ -56,6 +66,11 @@ def _is_count(value: Any) -> bool:
 def _is_state(value: Any) -> bool:
     """A state_dict as torch writes one: a dict with string keys."""
     return isinstance(value, dict) and all(isinstance(key, str) for key in value)
+
+
+def _is_names(value: Any) -> bool:
+    """None (checkpoints from before names were kept, and datasets without them) or a list of names."""
+    return value is None or (isinstance(value, list) and all(isinstance(name, str) for name in value))
 
 
 def _is_stats(value: Any) -> bool:
@@ -84,6 +99,8 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rank_states": (lambda v: v is None or (isinstance(v, list) and all(isinstance(r, dict) for r in v)), "a list of per-process dicts or None"),
     "choices": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(c, str) for k, c in v.items()), "a dict of config group choices"),
     "data_stats": (lambda v: v is None or _is_stats(v), "None or a dict of mean and std lists"),
+    "classes": (_is_names, "None or a list of class names"),
+    "features": (_is_names, "None or a list of feature names"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_count(r.get("epoch")) for r in v), "a list of per-epoch records"),
 }
 

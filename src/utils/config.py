@@ -177,18 +177,52 @@ def config_tree(cfg: DictConfig) -> Any:
     return tree
 
 
-def validate_test_config(cfg: DictConfig, data_chosen: bool) -> None:
-    """`data_chosen`: the command line named a data config (`data=NAME`)."""
+def _check_checkpoint_given(cfg: DictConfig, script: str, more: str = "") -> None:
+    """`script` was given a checkpoint; `more`: the rest of an example command line."""
     if OmegaConf.is_missing(cfg, "checkpoint") or not cfg.checkpoint:
         raise UserError(
-            "No checkpoint given: pass one as checkpoint=PATH, "
-            "e.g. `python test.py checkpoint=saved/runs/<name>/<time>/checkpoints/best.pt`."
+            f"No checkpoint given: pass one as checkpoint=PATH, "
+            f"e.g. `python {script} checkpoint=saved/runs/<name>/<time>/checkpoints/best.pt{more}`."
         )
+
+
+def validate_test_config(cfg: DictConfig, data_chosen: bool) -> None:
+    """`data_chosen`: the command line named a data config (`data=NAME`)."""
+    _check_checkpoint_given(cfg, "test.py")
     _check(cfg, "split", lambda v: v in ("test", "val"), "test or val")
     _check(cfg, "device", lambda v: isinstance(v, str) and v != "", "auto, cpu, cuda, cuda:N or mps")
     check_loggers(cfg)
     if data_chosen:  # else `data` holds only overrides of the checkpoint's own data config
         validate_data_config(cfg)
+
+
+# export.py's formats, and the file each writes next to its checkpoint (best.pt -> best.onnx).
+EXPORT_SUFFIXES = {"onnx": ".onnx", "torch_export": ".pt2", "torchscript": ".torchscript.pt"}
+
+
+# What predict.py reads (src/predict.py tells them apart).
+PREDICT_INPUTS = (
+    "an image file, a folder of images, a CSV or TSV table with a header line, a .npy array, "
+    "or an IDX file (such as MNIST's t10k-images-idx3-ubyte)"
+)
+
+
+def validate_predict_config(cfg: DictConfig) -> None:
+    _check_checkpoint_given(cfg, "predict.py", " inputs=photos/")
+    if OmegaConf.is_missing(cfg, "inputs") or not cfg.inputs:
+        raise UserError(f"No inputs given: pass inputs=PATH, {PREDICT_INPUTS}; e.g. `python predict.py checkpoint=... inputs=photos/`.")
+    if not Path(str(cfg.inputs)).exists():
+        raise UserError(f"inputs={str(cfg.inputs)!r} does not exist. Give {PREDICT_INPUTS}.")
+    _check(cfg, "top_k", lambda v: _is_int(v, 1), "a positive integer (how many of the most probable classes to list)")
+    _check(cfg, "batch_size", lambda v: _is_int(v, 1), "a positive integer")
+    _check(cfg, "device", lambda v: isinstance(v, str) and v != "", "auto, cpu, cuda, cuda:N or mps")
+    _check(cfg, "output", lambda v: isinstance(v, str) and v != "", "a file path for the CSV, or null", optional=True)
+
+
+def validate_export_config(cfg: DictConfig) -> None:
+    _check_checkpoint_given(cfg, "export.py", " format=onnx")
+    _check(cfg, "format", lambda v: v in EXPORT_SUFFIXES, "one of " + ", ".join(EXPORT_SUFFIXES))
+    _check(cfg, "output", lambda v: isinstance(v, str) and v != "", "a file path for the exported model, or null", optional=True)
 
 
 def stored_data_overrides(argv: list[str]) -> list[str]:
@@ -280,9 +314,7 @@ def app_help(script: str, config_name: str, overrides: list[str], example: str, 
             f"{script}: choose one option per config group and override any value, e.g.",
             f"  python {script} {example}",
             "",
-            "== Config groups ==",
-            *listed,
-            "",
+            *(["== Config groups ==", *listed, ""] if listed else []),
             "== Config ==",
             OmegaConf.to_yaml(cfg).rstrip(),
             "",
