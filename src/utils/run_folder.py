@@ -38,7 +38,10 @@ from src.utils.errors import UserError
 LOCK_NAME = ".lock"
 # Everything a run or an evaluation writes at the top of its folder. Only these names
 # are ever removed, and only when this command created them.
-RUN_ENTRIES = (".hydra", LOCK_NAME, "train.log", "test.log", "checkpoints", "tensorboard", "metrics.json", "metrics.csv", "wandb")
+RUN_ENTRIES = (
+    ".hydra", LOCK_NAME, "train.log", "test.log", "predict.log", "export.log",
+    "checkpoints", "tensorboard", "metrics.json", "metrics.csv", "predictions.csv", "wandb",
+)
 
 # Folders this process claimed for a run, with the ancestors it created for them.
 _claimed: dict[str, list[str]] = {}
