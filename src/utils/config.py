@@ -204,6 +204,16 @@ def stored_data_overrides(argv: list[str]) -> list[str]:
     return [f"++{arg}" if arg.startswith("data.") else arg for arg in argv]
 
 
+# The repository's root folder (this file is src/utils/config.py).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_path(relative: str) -> str:
+    """Config resolver `${repo_path:data}`: the absolute path of a folder in the
+    repository, whatever the current directory. Pure: nothing is created."""
+    return str(REPO_ROOT / relative)
+
+
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 # This process's start time names its run or sweep folder (`RunFolderCallback` adds
 # `_1`, `_2`, ... when another process took that name in the same second).
@@ -252,7 +262,13 @@ def job_dirname(number: int, overrides: str) -> str:
 
 
 def register_resolvers() -> None:
-    resolvers = {"run_dir": run_dir, "sweep_dir": sweep_dir, "output_subdir": output_subdir, "job_dirname": job_dirname}
+    resolvers = {
+        "run_dir": run_dir,
+        "sweep_dir": sweep_dir,
+        "output_subdir": output_subdir,
+        "job_dirname": job_dirname,
+        "repo_path": repo_path,
+    }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
@@ -267,7 +283,7 @@ def app_help(script: str, config_name: str, overrides: list[str], example: str, 
     """
     from hydra import compose, initialize_config_dir
 
-    config_dir = Path(__file__).resolve().parents[2] / "configs"
+    config_dir = REPO_ROOT / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides)
     listed = [
