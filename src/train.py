@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
@@ -36,6 +37,7 @@ from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
+from src.utils.sweep import resume_command
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         run_info=run_info,
         callbacks=callbacks,
         loggers=build_loggers(cfg.get("logger"), run_dir),
+        sweep_resume_command=resume_command(HydraConfig.get()) if HydraConfig.get().mode == RunMode.MULTIRUN else None,
     )
     try:
         if state is not None:
@@ -120,7 +123,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
             metrics = make_metrics(cfg.data.task, cfg.data.num_outputs, device)
             test = evaluate(trainer.eval_forward, data.test, metrics, stop=stop).compute()
         if stop.signum:
-            raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt")
+            raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt", trainer.resume_command())
         test = {f"test/{k}": v for k, v in test.items()}
         if distributed.is_rank_zero():
             _write_results(cfg, trainer, test, run_dir, time.time() - started)

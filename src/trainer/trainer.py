@@ -63,6 +63,7 @@ class Trainer:
         task: str = "classification",
         callbacks: Callbacks | None = None,
         loggers: Loggers | None = None,
+        sweep_resume_command: str | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.data, self.cfg, self.device = data, cfg, device
@@ -88,6 +89,8 @@ class Trainer:
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
         self.loggers = loggers if loggers is not None else Loggers()
+        # A sweep's job continues with its sweep (`resume=<job folder>/...` would not parse).
+        self.sweep_resume_command = sweep_resume_command
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -283,10 +286,16 @@ class Trainer:
 
     def _stop_for_signal(self) -> None:
         where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
-        launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
         self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
         name = signal.Signals(self.stopping).name
-        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, launch)
+        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, self.resume_command())
+
+    def resume_command(self) -> str:
+        """The command that continues this run from its last.pt."""
+        if self.sweep_resume_command:
+            return self.sweep_resume_command
+        launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
+        return f"{launch} train.py resume={self.checkpoint_dir / 'last.pt'}"
 
     # ------------------------------------------------------------------ outputs
     def _log_inputs(self, inputs: torch.Tensor) -> None:

@@ -14,6 +14,8 @@ import io
 import json
 import logging
 import math
+import shlex
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -31,6 +33,24 @@ from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
+
+# Hydra's default launcher runs every job in the process the user started.
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def resume_command(hydra_cfg: DictConfig) -> str:
+    """How to continue the sweep a job belongs to: the sweep's own command line plus
+    `sweep.resume=<sweep folder>` (see the README, "Continuing an interrupted sweep").
+
+    A job's config holds only its own overrides, not the sweep's (`model=mlp,cnn`), so
+    the command line is known where jobs run in the process the user started (Hydra's
+    basic launcher, also under Optuna); other launchers' jobs get it in words."""
+    sweep = str(hydra_cfg.sweep.dir)
+    if hydra_cfg.launcher.get("_target_") != BASIC_LAUNCHER:
+        return f"the sweep's own command again, with sweep.resume={shlex.quote(sweep)} added"
+    arguments = [arg for arg in sys.argv[1:] if not arg.startswith("sweep.resume=")]
+    return shlex.join(["python", sys.argv[0], *arguments, f"sweep.resume={sweep}"])
+
 
 def run_sweep_job(task: Callable[[], float], job_dir: Path, overrides: list[str]) -> float:
     """Run one job of a sweep. A failure is recorded in the job's folder (metrics.json
