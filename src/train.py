@@ -33,7 +33,7 @@ from src.utils import distributed
 from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
-from src.utils.errors import UserError, one_line
+from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
@@ -127,6 +127,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         test = {f"test/{k}": v for k, v in test.items()}
         if distributed.is_rank_zero():
             _write_results(cfg, trainer, test, run_dir, time.time() - started)
+    except RunStopped as stop:
+        if stop.exit_code == 1 and distributed.is_rank_zero():  # a NaN, a full disk; not a signal, which resumes
+            _write_failure(trainer, stop, run_dir, time.time() - started)
+        raise
     finally:
         trainer.close()
     _print_summary(trainer, test, run_dir)
@@ -136,8 +140,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], run_dir: Path, seconds: float) -> None:
     """metrics.json; the hyperparameters with the best and test metrics, and the best
     checkpoint, to the loggers."""
-    results = _results(trainer, test, run_dir)
-    results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=seconds)
+    results = _results(trainer, run_dir, seconds, status="completed", test=test)
     try:
         atomic_write_json(run_dir / "metrics.json", results)
     except OSError as err:
@@ -198,10 +201,24 @@ def build(group: str, node: DictConfig, *call_args: Any, **kwargs: Any) -> Any:
         ) from err
 
 
-def _results(trainer: Trainer, test: dict[str, float], run_dir: Path) -> dict[str, Any]:
-    best = next(r for r in trainer.history if r["epoch"] == trainer.best_epoch)
+def _write_failure(trainer: Trainer, stop: RunStopped, run_dir: Path, seconds: float) -> None:
+    """metrics.json for a run that stopped on an error: `status: failed`, the reason and
+    the history so far (a sweep's leaderboard reads it). A disk that refuses it leaves
+    the stop's own message to tell."""
+    try:
+        atomic_write_json(run_dir / "metrics.json", _results(trainer, run_dir, seconds, status="failed", error=str(stop)))
+    except OSError:
+        return
+    stop.recorded = True
+
+
+def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) -> dict[str, Any]:
+    """What metrics.json holds: `outcome` (status, and test metrics or the error), then
+    the run's record so far."""
+    best = next((r for r in trainer.history if r["epoch"] == trainer.best_epoch), None)
+    best_checkpoint = trainer.checkpoint_dir / "best.pt"
     return {
-        "status": "completed",
+        **outcome,
         "monitor": trainer.monitor,
         "mode": trainer.mode,
         "best_metric": trainer.best_metric,
@@ -209,11 +226,12 @@ def _results(trainer: Trainer, test: dict[str, float], run_dir: Path) -> dict[st
         "epochs_run": trainer.epoch,
         "stopped_early": trainer.stopped_early,
         "best": best,
-        "final": trainer.history[-1],
-        "test": test,
+        "final": trainer.history[-1] if trainer.history else None,
         "history": trainer.history,
         "run_dir": str(run_dir),
-        "best_checkpoint": str(trainer.checkpoint_dir / "best.pt"),
+        "best_checkpoint": str(best_checkpoint) if best_checkpoint.is_file() else None,
+        "overrides": list(HydraConfig.get().overrides.task),
+        "wall_seconds": seconds,
     }
 
 

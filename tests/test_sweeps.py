@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shlex
 import signal
 import subprocess
@@ -150,6 +151,15 @@ def test_a_stopped_sweep_prints_the_command_that_continues_it(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert "job 1: " in result.stdout
     assert [r["status"] for r in summary(sweep_dir(tmp_path))] == ["completed", "completed"]
+
+
+def test_a_job_stopped_by_a_nan_keeps_its_own_record(tmp_path: Path) -> None:
+    result = run_cli("train.py", "-m", *QUICK, "optimizer.lr=1e-3,1e30", cwd=tmp_path)
+    assert result.returncode == 1
+    (row,) = [r for r in summary(sweep_dir(tmp_path)) if r["status"] == "failed"]
+    assert row["job"] == "1" and "Non-finite training loss" in row["error"]
+    record = json.loads((tmp_path / row["run_dir"] / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["monitor"] == "val/loss" and record["history"] == []
 
 
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """Sweeps (`--multirun`): each job's failure stays in its folder, and a leaderboard of
 all jobs is written and printed when the sweep ends.
 
-Every job folder holds a metrics.json: the trainer writes it for a finished job, and
-`run_sweep_job` writes one with `status: failed` for a job that raised. The summary
+Every job folder holds a metrics.json: the run writes it when it finishes, or stops on
+an error such as a NaN (`status: failed`, with its history), and `run_sweep_job` writes
+one with `status: failed` for any other job that raised. The summary
 reads those files, so it works the same for every launcher (in-process, joblib,
 SLURM), whose jobs may run in other processes or on other machines.
 """
@@ -72,10 +73,11 @@ def run_sweep_job(task: Callable[[], float], job_dir: Path, overrides: list[str]
     if not isinstance(error, (UserError, RunStopped)):  # a bug: keep the traceback
         with open(job_dir / "train.log", "a", encoding="utf-8") as f:
             f.write("".join(traceback.format_exception(error)))
-    atomic_write_json(
-        job_dir / "metrics.json",
-        {"status": "failed", "error": message, "overrides": overrides, "wall_seconds": time.time() - started},
-    )
+    if not (isinstance(error, RunStopped) and error.recorded):  # else the run's own record, with its history, stays
+        atomic_write_json(
+            job_dir / "metrics.json",
+            {"status": "failed", "error": message, "overrides": overrides, "wall_seconds": time.time() - started},
+        )
     return math.nan
 
 
