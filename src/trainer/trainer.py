@@ -126,7 +126,7 @@ class Trainer:
                 metrics = self.train_epoch(progress)
                 self.callbacks.call("on_train_epoch_end", self, metrics)
                 self.callbacks.call("on_validation_start", self)
-                metrics.update(self.validate())
+                metrics.update(self.validate(progress=progress))
                 # Every decision below (best, scheduler, early stop) is rank 0's. The
                 # all-reduced sums agree on every rank already; the broadcast makes the
                 # agreement a guarantee rather than a property of the reduction.
@@ -161,7 +161,7 @@ class Trainer:
         # Plain Python values: reading a DictConfig inside the loop costs microseconds per access.
         accumulate, num_batches = int(self.cfg.accumulate_grad_batches), len(batches)
         self.epoch_first_step = self.step - start // accumulate
-        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start)
+        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start, batch_size=batches.batch_size)
         for batch, (inputs, targets) in enumerate(batches, start=start):
             steps = (batch + 1) % accumulate == 0 or batch + 1 == num_batches  # the accumulation window's last batch
             with ddp.gradient_sync(self.ddp, steps):
@@ -223,13 +223,16 @@ class Trainer:
             self.loggers.log_metrics({"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
             progress.show_loss(value)
 
-    def validate(self, model: nn.Module | None = None) -> dict[str, float]:
+    def validate(self, model: nn.Module | None = None, progress: NoProgress | None = None) -> dict[str, float]:
         """The val/* metrics of `model` (the run's own by default); {} without a validation split."""
         if self.data.val is None:
             return {}
         ddp.sync_buffers(self.model)
         forward = self.eval_forward if model is None else ForwardPass(model, self.loss_fn, self.device, self.channels_last, self.precision)
-        metrics = evaluate(forward, self.data.val, make_metrics(self.task, self.num_outputs, self.device))
+        progress = progress or NoProgress()
+        progress.start("validating", total=len(self.data.val), batch_size=self.data.val.batch_size)
+        metrics = evaluate(forward, self.data.val, make_metrics(self.task, self.num_outputs, self.device), progress=progress)
+        progress.stop()
         return {f"val/{k}": v for k, v in metrics.compute().items()}
 
     def _end_epoch(self, metrics: dict[str, float], lr: float, seconds: float) -> None:
