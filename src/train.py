@@ -236,7 +236,6 @@ def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) ->
 
 
 def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> None:
-    names = [k.removeprefix("train/") for k in trainer.history[-1] if k.startswith("train/")]
     epochs = Table(title="Epochs", title_justify="left")
     columns = [k for k in trainer.history[-1] if "/" in k]
     for column in ["epoch", *columns, "lr", "time"]:
@@ -257,6 +256,8 @@ def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> N
     results.add_column(f"train (epoch {final['epoch']})", justify="right")
     results.add_column(f"val (best, epoch {trainer.best_epoch})", justify="right")
     results.add_column("test (best.pt)", justify="right")
+    # Every metric of any split (training leaves top-5 out; its cell shows "-").
+    names = dict.fromkeys(key.split("/", 1)[1] for key in [*final, *best, *test] if "/" in key)
     for name in names:
         cells = [final.get(f"train/{name}"), best.get(f"val/{name}"), test.get(f"test/{name}")]
         results.add_row(name, *("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}" for v in cells))

@@ -44,6 +44,10 @@ def test_metrics_json_and_log_tell_the_whole_story(mlp_run: Path) -> None:
     assert metrics["test"]["test/accuracy"] > 0.5  # the tiny squares are easy to learn
     log = (mlp_run / "train.log").read_text()
     assert "epoch 3/3" in log and "Results" in log and "Best checkpoint" in log
+    # Every metric of each split, top-5 too (training does not compute it).
+    top5 = next(line for line in log.splitlines() if line.startswith("│ top5"))
+    cells = [cell.strip() for cell in top5.strip("│").split("│")]
+    assert cells[:2] == ["top5", "-"] and cells[3] == f"{metrics['test']['test/top5']:.4f}"
 
 
 def test_checkpoint_holds_only_plain_state(mlp_run: Path) -> None:
