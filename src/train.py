@@ -30,7 +30,7 @@ from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.utils import distributed
-from src.utils.config import config_tree, flatten, validate_train_config
+from src.utils.config import config_summary, config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
 from src.utils.errors import RunStopped, UserError, one_line
@@ -60,7 +60,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         validate_train_config(cfg)
         within = f", batch {state['batch_in_epoch']} of epoch {state['epoch'] + 1}" if state["batch_in_epoch"] else ""
         log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
-    show(config_tree(cfg))
+    overrides = list(HydraConfig.get().overrides.task)
+    show(config_tree(cfg) if cfg.print_config == "full" else config_summary(cfg, _group_choices(state), overrides))
     # Each torchrun rank draws its own random numbers (dropout, say); DDP starts every
     # rank from rank 0's initial weights.
     seed_everything(cfg.seed + distributed.rank())
@@ -153,8 +154,8 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The flattened config the loggers record, without what only says where things
-    are (data paths, the checkpoint resumed) or how they are logged."""
-    where = ("data.dataset.", "data.root", "resume", "sweep.", "logger.")
+    are (data paths, the checkpoint resumed) or how they are logged and printed."""
+    where = ("data.dataset.", "data.root", "resume", "sweep.", "logger.", "print_config")
     return {key: value for key, value in flatten(cfg) if not key.startswith(where)}
 
 

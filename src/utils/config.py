@@ -15,6 +15,7 @@ from src.utils import distributed
 from src.utils.errors import UserError
 
 PROGRESS_CHOICES = ("rich", "tqdm", "none")
+PRINT_CONFIG_CHOICES = ("short", "full")
 # trainer.precision -> the name of its autocast dtype in torch (None: plain float32).
 PRECISIONS = {"32": None, "16-mixed": "float16", "bf16-mixed": "bfloat16"}
 
@@ -56,6 +57,7 @@ def metric_names(task: str, num_outputs: int, top5: bool = True) -> list[str]:
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise a UserError naming the first bad value in a composed training config."""
     _check(cfg, "seed", lambda v: _is_int(v, 0), "an integer >= 0")
+    _check(cfg, "print_config", lambda v: v in PRINT_CONFIG_CHOICES, "one of " + ", ".join(PRINT_CONFIG_CHOICES))
     _check(cfg, "trainer.epochs", lambda v: _is_int(v, 1), "a positive integer number of epochs")
     _check(cfg, "trainer.log_every_n_steps", lambda v: _is_int(v, 1), "a positive integer")
     _check(cfg, "trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 disables clipping)")
@@ -162,6 +164,23 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> Iterator[tuple[str, Any
             yield from flatten(value, name + ".")
         else:
             yield name, value
+
+
+def config_summary(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Any:
+    """What a run prints of its config by default: the config group choices and the
+    command line's overrides (`print_config=full` prints `config_tree` instead)."""
+    from rich.text import Text
+    from rich.tree import Tree
+
+    chosen = {group: choice for group, choice in choices.items() if choice not in (None, "None")}
+    # Hydra records no choice for a list of options such as logger=[tensorboard,csv].
+    chosen["logger"] = f"[{','.join(cfg.get('logger') or {})}]"
+    groups = " ".join(f"{group}={chosen[group]}" for group in sorted(chosen))
+    # Text, not markup: rich would take `logger=[tensorboard,csv]` for a style tag.
+    tree = Tree(Text("config (print_config=full shows every value)"), guide_style="dim")
+    tree.add(Text(f"groups: {groups}"))
+    tree.add(Text(f"overrides: {' '.join(overrides) or 'none'}"))
+    return tree
 
 
 def config_tree(cfg: DictConfig) -> Any:
