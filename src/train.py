@@ -146,7 +146,8 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
         atomic_write_json(run_dir / "metrics.json", results)
     except OSError as err:
         done = f"Training and the test finished ({trainer.monitor} best {trainer.best_metric:.4f} at epoch {trainer.best_epoch}; test {test}). "
-        raise stops.not_written(str(run_dir / "metrics.json"), err.strerror or str(err), trainer.checkpoint_dir, done) from None
+        reason = err.strerror or str(err)
+        raise stops.not_written(str(run_dir / "metrics.json"), reason, trainer.checkpoint_dir, trainer.resume_command(), done) from None
     final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
     trainer.loggers.log_hyperparams(hyperparameters(cfg), final, trainer.step)
     trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")

@@ -53,11 +53,10 @@ def signal_in_final_test(name: str, signum: int, last: Path, resume_command: str
     )
 
 
-def not_written(what: str, reason: str, checkpoint_dir: Path, done: str = "") -> RunStopped:
+def not_written(what: str, reason: str, checkpoint_dir: Path, resume_command: str, done: str = "") -> RunStopped:
     """A checkpoint or metrics.json that a full or read-only disk refused."""
     return RunStopped(
         f"Could not write {what}: {reason}. {done}Every checkpoint in {checkpoint_dir} is whole (each is replaced "
-        f"only once its new version is complete). Free some space, then resume: "
-        f"python train.py resume={checkpoint_dir / 'last.pt'}",
+        f"only once its new version is complete). Free some space, then resume: {resume_command}",
         exit_code=1,
     )

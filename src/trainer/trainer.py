@@ -336,7 +336,8 @@ class Trainer:
             try:
                 save_checkpoint(state, *paths)
             except OSError as err:  # a full or read-only disk: each file is whole, old or new
-                raise stops.not_written(f"a checkpoint in {self.checkpoint_dir}", err.strerror or str(err), self.checkpoint_dir) from None
+                reason = err.strerror or str(err)
+                raise stops.not_written(f"a checkpoint in {self.checkpoint_dir}", reason, self.checkpoint_dir, self.resume_command()) from None
         # No rank goes on (to read best.pt, or to exit after a signal) before the files are written.
         distributed.barrier()
 
