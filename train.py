@@ -34,9 +34,13 @@ def main(cfg: DictConfig) -> float:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         from src.utils.sweep import finished_job_metric, run_sweep_job
 
+        overrides = list(hydra_cfg.overrides.task)
+        # Numbered as its folder and the leaderboard number it. Without the total: a job's
+        # config holds its own overrides only, and the sweeper expands the grid elsewhere.
+        print(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", flush=True)
         done = finished_job_metric(run_dir) if cfg.sweep.resume else None
         if done is not None:  # re-running a sweep: finished jobs are skipped
-            print(f"job {run_dir.name} already finished (best {done:.4f}); skipping")
+            print(f"job {hydra_cfg.job.num} already finished (best {done:.4f}); skipping")
             return done
         # A job started again in its own folder (sweep.resume, or SLURM requeueing a
         # preempted job) continues from its last checkpoint.
@@ -44,7 +48,7 @@ def main(cfg: DictConfig) -> float:
             with open_dict(cfg):
                 cfg.resume = str(run_dir / "checkpoints" / "last.pt")
         try:
-            return run_sweep_job(lambda: locked_run(folder, cfg), run_dir, list(hydra_cfg.overrides.task))
+            return run_sweep_job(lambda: locked_run(folder, cfg), run_dir, overrides)
         finally:
             folder.release()  # one sweep process runs many jobs
     with exit_on_user_error(folder, hydra_cfg.output_subdir):

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
@@ -28,13 +29,15 @@ from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.utils import distributed
-from src.utils.config import config_tree, flatten, validate_train_config
 from src.utils.build import build
+from src.utils.config import config_summary, config_tree, flatten, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
+from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
+from src.utils.sweep import resume_command
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         validate_train_config(cfg)
         within = f", batch {state['batch_in_epoch']} of epoch {state['epoch'] + 1}" if state["batch_in_epoch"] else ""
         log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
-    show(config_tree(cfg))
+    overrides = list(HydraConfig.get().overrides.task)
+    show(config_tree(cfg) if cfg.print_config == "full" else config_summary(cfg, _group_choices(state), overrides))
     # Each torchrun rank draws its own random numbers (dropout, say); DDP starts every
     # rank from rank 0's initial weights.
     seed_everything(cfg.seed + distributed.rank())
@@ -107,6 +111,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         run_info=run_info,
         callbacks=callbacks,
         loggers=build_loggers(cfg.get("logger"), run_dir),
+        sweep_resume_command=resume_command(HydraConfig.get()) if HydraConfig.get().mode == RunMode.MULTIRUN else None,
     )
     try:
         if state is not None:
@@ -119,10 +124,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
             metrics = make_metrics(cfg.data.task, cfg.data.num_outputs, device)
             test = evaluate(trainer.eval_forward, data.test, metrics, stop=stop).compute()
         if stop.signum:
-            raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt")
+            raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt", trainer.resume_command())
         test = {f"test/{k}": v for k, v in test.items()}
         if distributed.is_rank_zero():
             _write_results(cfg, trainer, test, run_dir, time.time() - started)
+    except RunStopped as stop:
+        if stop.exit_code == 1 and distributed.is_rank_zero():  # a NaN, a full disk; not a signal, which resumes
+            _write_failure(trainer, stop, run_dir, time.time() - started)
+        raise
     finally:
         trainer.close()
     _print_summary(trainer, test, run_dir)
@@ -132,13 +141,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
 def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], run_dir: Path, seconds: float) -> None:
     """metrics.json; the hyperparameters with the best and test metrics, and the best
     checkpoint, to the loggers."""
-    results = _results(trainer, test, run_dir)
-    results.update(overrides=list(HydraConfig.get().overrides.task), wall_seconds=seconds)
+    results = _results(trainer, run_dir, seconds, status="completed", test=test)
     try:
         atomic_write_json(run_dir / "metrics.json", results)
     except OSError as err:
         done = f"Training and the test finished ({trainer.monitor} best {trainer.best_metric:.4f} at epoch {trainer.best_epoch}; test {test}). "
-        raise stops.not_written(str(run_dir / "metrics.json"), err.strerror or str(err), trainer.checkpoint_dir, done) from None
+        reason = err.strerror or str(err)
+        raise stops.not_written(str(run_dir / "metrics.json"), reason, trainer.checkpoint_dir, trainer.resume_command(), done) from None
     final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
     trainer.loggers.log_hyperparams(hyperparameters(cfg), final, trainer.step)
     trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")
@@ -146,8 +155,8 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
 
 def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     """The flattened config the loggers record, without what only says where things
-    are (data paths, the checkpoint resumed) or how they are logged."""
-    where = ("data.dataset.", "data.root", "resume", "sweep.", "logger.")
+    are (data paths, the checkpoint resumed) or how they are logged and printed."""
+    where = ("data.dataset.", "data.root", "resume", "sweep.", "logger.", "print_config")
     return {key: value for key, value in flatten(cfg) if not key.startswith(where)}
 
 
@@ -176,10 +185,24 @@ def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
     return [{"params": [p for p in model.parameters() if p.requires_grad]}]
 
 
-def _results(trainer: Trainer, test: dict[str, float], run_dir: Path) -> dict[str, Any]:
-    best = next(r for r in trainer.history if r["epoch"] == trainer.best_epoch)
+def _write_failure(trainer: Trainer, stop: RunStopped, run_dir: Path, seconds: float) -> None:
+    """metrics.json for a run that stopped on an error: `status: failed`, the reason and
+    the history so far (a sweep's leaderboard reads it). A disk that refuses it leaves
+    the stop's own message to tell."""
+    try:
+        atomic_write_json(run_dir / "metrics.json", _results(trainer, run_dir, seconds, status="failed", error=str(stop)))
+    except OSError:
+        return
+    stop.recorded = True
+
+
+def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) -> dict[str, Any]:
+    """What metrics.json holds: `outcome` (status, and test metrics or the error), then
+    the run's record so far."""
+    best = next((r for r in trainer.history if r["epoch"] == trainer.best_epoch), None)
+    best_checkpoint = trainer.checkpoint_dir / "best.pt"
     return {
-        "status": "completed",
+        **outcome,
         "monitor": trainer.monitor,
         "mode": trainer.mode,
         "best_metric": trainer.best_metric,
@@ -187,16 +210,16 @@ def _results(trainer: Trainer, test: dict[str, float], run_dir: Path) -> dict[st
         "epochs_run": trainer.epoch,
         "stopped_early": trainer.stopped_early,
         "best": best,
-        "final": trainer.history[-1],
-        "test": test,
+        "final": trainer.history[-1] if trainer.history else None,
         "history": trainer.history,
         "run_dir": str(run_dir),
-        "best_checkpoint": str(trainer.checkpoint_dir / "best.pt"),
+        "best_checkpoint": str(best_checkpoint) if best_checkpoint.is_file() else None,
+        "overrides": list(HydraConfig.get().overrides.task),
+        "wall_seconds": seconds,
     }
 
 
 def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> None:
-    names = [k.removeprefix("train/") for k in trainer.history[-1] if k.startswith("train/")]
     epochs = Table(title="Epochs", title_justify="left")
     columns = [k for k in trainer.history[-1] if "/" in k]
     for column in ["epoch", *columns, "lr", "time"]:
@@ -217,6 +240,8 @@ def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> N
     results.add_column(f"train (epoch {final['epoch']})", justify="right")
     results.add_column(f"val (best, epoch {trainer.best_epoch})", justify="right")
     results.add_column("test (best.pt)", justify="right")
+    # Every metric of any split (training leaves top-5 out; its cell shows "-").
+    names = dict.fromkeys(key.split("/", 1)[1] for key in [*final, *best, *test] if "/" in key)
     for name in names:
         cells = [final.get(f"train/{name}"), best.get(f"val/{name}"), test.get(f"test/{name}")]
         results.add_row(name, *("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}" for v in cells))

@@ -96,6 +96,15 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_mnist_like(tmp_path_factory.mktemp("datasets"))
 
 
+def trainer_cfg(*overrides: str):
+    """The `trainer` config group as train.yaml composes it, for a Trainer built in the test."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["trainer.progress=none", "trainer.monitor=train/loss", *overrides])
+    return cfg.trainer
+
+
 def load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 

@@ -27,6 +27,7 @@ from src.utils.errors import UserError
         ("optimizer.lr=nan", "optimizer.lr=nan"),
         ("scheduler=step scheduler.step_size=0", "scheduler.step_size=0"),
         ("scheduler=step scheduler.step_size=-2", "scheduler.step_size=-2"),
+        ("print_config=all", "print_config='all': expected one of short, full"),
     ],
 )
 def test_bad_value_is_named_and_nothing_is_written(tmp_path: Path, override: str, message: str) -> None:

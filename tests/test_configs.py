@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def test_your_own_model_and_dataset_plug_in_by_target(tmp_path: Path) -> None:
     assert "TinyNet" in result.stdout and "DataLoader data path" in result.stdout
     (run_dir,) = run_dirs(project)
     assert run_dir.parent.name == "bars-tiny"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best"]["val/accuracy"] > 0.9, "the example's model learns its dataset (chance is 0.5)"
     best = run_dir / "checkpoints" / "best.pt"
     result = run_cli("test.py", f"checkpoint={best}", "device=cpu", cwd=project, env={"PYTHONPATH": str(project)})
     assert result.returncode == 0, result.stderr

@@ -133,6 +133,11 @@ def test_non_finite_loss_stops_and_keeps_the_good_checkpoints(tmp_path: Path) ->
     assert after == before, "last.pt and best.pt still hold the last finite model"
     for tensor in load(checkpoints / "best.pt")["model"].values():
         assert torch.isfinite(tensor.float()).all()
+    # The run's record says why it stopped, and keeps what it had done.
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["error"].startswith("Non-finite training loss")
+    assert [r["epoch"] for r in record["history"]] == [1, 2] and record["best_epoch"] in (1, 2)
+    assert "Stopped: Non-finite training loss" in (run_dir / "train.log").read_text()
 
 
 def test_kill_9_at_any_moment_never_leaves_a_broken_checkpoint(tmp_path: Path) -> None:

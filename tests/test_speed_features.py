@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from conftest import REPO
+from conftest import REPO, trainer_cfg
 from src.data.batches import InMemoryBatches, Normalize
 from src.data.builder import DataSplits
 from src.data.synthetic import SyntheticImages
@@ -21,12 +20,6 @@ from src.trainer.checkpoint import load_model_state
 from src.trainer.trainer import Trainer
 
 CPU = torch.device("cpu")
-
-
-def trainer_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["trainer.progress=none", "trainer.monitor=train/loss", *overrides])
-    return cfg.trainer
 
 
 def make_trainer(tmp_path: Path, model: nn.Module, batch_size: int, *overrides: str, lr: float = 0.1) -> Trainer:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shlex
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +131,35 @@ def test_sigusr2_mid_job_stops_the_whole_sweep(tmp_path: Path) -> None:
     assert job.name.startswith("0_"), "job 1 never started"
     assert load(job / "checkpoints" / "last.pt")["batch_in_epoch"] > 0, "saved mid-epoch, to resume with sweep.resume"
     assert not (job / "metrics.json").exists(), "not marked failed"
+
+
+def test_a_stopped_sweep_prints_the_command_that_continues_it(tmp_path: Path) -> None:
+    long_epoch = ["data.dataset.train_size=4000", "data.batch_size=16"]
+    grid = ["-m", *QUICK, *long_epoch, "optimizer.lr=1e-3,1e-2", "logger=[csv]"]
+    process = start_cli("train.py", *grid, cwd=tmp_path)
+    started = wait_for_line(process, "first optimizer step done")
+    assert "job 0: data=synthetic" in started and "optimizer.lr=0.001" in started, "each job starts with a header"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    hint = err.split("Resume with: ", 1)[1].splitlines()[0]
+    command = shlex.split(hint)  # a shell command, quoted where needed: logger=[csv]
+    sweep = sweep_dir(tmp_path).relative_to(tmp_path)
+    assert command[0] == "python" and command[2:] == [*grid, f"sweep.resume={sweep}"]
+
+    result = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "job 1: " in result.stdout
+    assert [r["status"] for r in summary(sweep_dir(tmp_path))] == ["completed", "completed"]
+
+
+def test_a_job_stopped_by_a_nan_keeps_its_own_record(tmp_path: Path) -> None:
+    result = run_cli("train.py", "-m", *QUICK, "optimizer.lr=1e-3,1e30", cwd=tmp_path)
+    assert result.returncode == 1
+    (row,) = [r for r in summary(sweep_dir(tmp_path)) if r["status"] == "failed"]
+    assert row["job"] == "1" and "Non-finite training loss" in row["error"]
+    record = json.loads((tmp_path / row["run_dir"] / "metrics.json").read_text())
+    assert record["status"] == "failed" and record["monitor"] == "val/loss" and record["history"] == []
 
 
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path: Path) -> None:

@@ -44,6 +44,21 @@ def test_metrics_json_and_log_tell_the_whole_story(mlp_run: Path) -> None:
     assert metrics["test"]["test/accuracy"] > 0.5  # the tiny squares are easy to learn
     log = (mlp_run / "train.log").read_text()
     assert "epoch 3/3" in log and "Results" in log and "Best checkpoint" in log
+    # Every metric of each split, top-5 too (training does not compute it).
+    top5 = next(line for line in log.splitlines() if line.startswith("│ top5"))
+    cells = [cell.strip() for cell in top5.strip("│").split("│")]
+    assert cells[:2] == ["top5", "-"] and cells[3] == f"{metrics['test']['test/top5']:.4f}"
+
+
+def test_the_config_is_printed_short_unless_asked_for_in_full(tmp_path: Path, mlp_run: Path) -> None:
+    log = (mlp_run / "train.log").read_text()
+    assert "groups: " in log and "data=fashion_mnist" in log and "model=mlp" in log
+    assert "overrides: data=fashion_mnist" in log and "trainer.epochs=3" in log
+    assert "hidden_sizes" not in log, "the full config is not printed by default"
+    small = ["data=synthetic", "data.dataset.train_size=200", "data.dataset.test_size=50", "trainer.epochs=1"]
+    result = run_cli("train.py", *small, *FAST, "print_config=full", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "hidden_sizes" in result.stdout and "groups: " not in result.stdout
 
 
 def test_checkpoint_holds_only_plain_state(mlp_run: Path) -> None:

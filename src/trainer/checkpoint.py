@@ -182,8 +182,12 @@ class CheckpointFolder:
     """The run's checkpoints/ folder: which files a save writes, in which order, and
     how many epoch files it keeps. Only rank 0 writes; every rank waits for it."""
 
-    def __init__(self, folder: Path, every_n_epochs: int = 0, keep_last_k: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, every_n_epochs: int = 0, keep_last_k: int | None = None, resume_command: Callable[[], str] | None = None
+    ) -> None:
         self.folder, self.every_n_epochs, self.keep_last_k = folder, every_n_epochs, keep_last_k
+        # What a full disk's message tells the user to run once there is room.
+        self.resume_command = resume_command or (lambda: f"python train.py resume={folder / 'last.pt'}")
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files left by a process killed in the middle of a save."""
@@ -209,7 +213,7 @@ class CheckpointFolder:
             try:
                 save_checkpoint(state, *paths)
             except OSError as err:  # a full or read-only disk: each file is whole, old or new
-                raise stops.not_written(f"a checkpoint in {self.folder}", err.strerror or str(err), self.folder) from None
+                raise stops.not_written(f"a checkpoint in {self.folder}", err.strerror or str(err), self.folder, self.resume_command()) from None
         distributed.barrier()
 
 

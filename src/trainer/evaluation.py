@@ -7,13 +7,16 @@ import torch
 from src.data.builder import Batches
 from src.trainer.forward import ForwardPass
 from src.trainer.metrics import Metrics
+from src.trainer.progress import NoProgress
 from src.trainer.signals import StopRequest
 
 
 @torch.inference_mode()
-def evaluate(forward: ForwardPass, batches: Batches, metrics: Metrics, stop: StopRequest | None = None) -> Metrics:
+def evaluate(
+    forward: ForwardPass, batches: Batches, metrics: Metrics, stop: StopRequest | None = None, progress: NoProgress | None = None
+) -> Metrics:
     """Run `forward` over every batch once and add each batch to `metrics`; when `stop`
-    receives a signal, return after the current batch."""
+    receives a signal, return after the current batch. `progress` advances per batch."""
     forward.model.eval()
     batches.set_epoch(0)
     for inputs, targets in batches:
@@ -21,4 +24,6 @@ def evaluate(forward: ForwardPass, batches: Batches, metrics: Metrics, stop: Sto
             break
         outputs, loss = forward(inputs, targets)
         metrics.update(outputs, targets, loss)
+        if progress is not None:
+            progress.advance()
     return metrics

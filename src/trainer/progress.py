@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from src.utils.console import console
 
@@ -20,8 +30,8 @@ class NoProgress:
     def __exit__(self, *exc: Any) -> None:
         pass
 
-    def start(self, description: str, total: int, completed: int = 0) -> None:
-        pass
+    def start(self, description: str, total: int, completed: int = 0, batch_size: int = 1) -> None:
+        """A bar of `total` batches of `batch_size` samples each, `completed` of them done."""
 
     def advance(self) -> None:
         pass
@@ -33,6 +43,14 @@ class NoProgress:
         pass
 
 
+class SamplesPerSecond(ProgressColumn):
+    """The bar's recent speed in samples per second (batches times their size)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.speed
+        return Text(f"{speed * task.fields['batch_size']:,.0f} samples/s" if speed else "", style="progress.data.speed")
+
+
 class RichProgress(NoProgress):
     def __init__(self) -> None:
         self.progress = Progress(
@@ -41,6 +59,7 @@ class RichProgress(NoProgress):
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            SamplesPerSecond(),
             TextColumn("{task.fields[loss]}"),
             console=console,
             transient=True,
@@ -54,8 +73,8 @@ class RichProgress(NoProgress):
     def __exit__(self, *exc: Any) -> None:
         self.progress.stop()
 
-    def start(self, description: str, total: int, completed: int = 0) -> None:
-        self.task = self.progress.add_task(description, total=total, completed=completed, loss="")
+    def start(self, description: str, total: int, completed: int = 0, batch_size: int = 1) -> None:
+        self.task = self.progress.add_task(description, total=total, completed=completed, loss="", batch_size=batch_size)
 
     def advance(self) -> None:
         self.progress.advance(self.task)
@@ -71,10 +90,11 @@ class TqdmProgress(NoProgress):
     def __init__(self) -> None:
         self.bar: Any = None
 
-    def start(self, description: str, total: int, completed: int = 0) -> None:
+    def start(self, description: str, total: int, completed: int = 0, batch_size: int = 1) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, initial=completed, desc=description, leave=False, dynamic_ncols=True)
+        # Counted in batches, so tqdm's own rate reads batch/s.
+        self.bar = tqdm(total=total, initial=completed, desc=description, leave=False, dynamic_ncols=True, unit="batch")
 
     def advance(self) -> None:
         self.bar.update(1)

@@ -57,6 +57,7 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
             raise UserError(f"Cannot delete {key!r} when resuming; override its value instead.")
         OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
     merged.resume = cfg.resume
+    merged.print_config = cfg.print_config  # how this command prints, not the run's state
     _check_same_data_order(saved, merged, mid_epoch=bool(state.get("batch_in_epoch")))
     for name in STATEFUL:
         before, after = OmegaConf.select(saved, f"{name}._target_"), OmegaConf.select(merged, f"{name}._target_")

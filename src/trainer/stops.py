@@ -38,26 +38,25 @@ def anomaly(reason: str, step: int, epoch: int, batch: int, checkpoints: str) ->
     return RunStopped(f"Anomaly detected at step {step} (epoch {epoch}, batch {batch}): {reason}. {checkpoints}", exit_code=1)
 
 
-def signal_received(name: str, signum: int, last: Path, where: str, step: int, launch: str) -> RunStopped:
+def signal_received(name: str, signum: int, last: Path, where: str, step: int, resume_command: str) -> RunStopped:
     return RunStopped(
-        f"{name} received: saved {last} at {where} (step {step}). Resume with: {launch} train.py resume={last}",
+        f"{name} received: saved {last} at {where} (step {step}). Resume with: {resume_command}",
         exit_code=128 + signum,
     )
 
 
-def signal_in_final_test(name: str, signum: int, last: Path) -> RunStopped:
+def signal_in_final_test(name: str, signum: int, last: Path, resume_command: str) -> RunStopped:
     return RunStopped(
         f"{name} received during the final test of best.pt: training is complete and saved in {last}. "
-        f"To run the test and write metrics.json: python train.py resume={last}",
+        f"To run the test and write metrics.json: {resume_command}",
         exit_code=128 + signum,
     )
 
 
-def not_written(what: str, reason: str, checkpoint_dir: Path, done: str = "") -> RunStopped:
+def not_written(what: str, reason: str, checkpoint_dir: Path, resume_command: str, done: str = "") -> RunStopped:
     """A checkpoint or metrics.json that a full or read-only disk refused."""
     return RunStopped(
         f"Could not write {what}: {reason}. {done}Every checkpoint in {checkpoint_dir} is whole (each is replaced "
-        f"only once its new version is complete). Free some space, then resume: "
-        f"python train.py resume={checkpoint_dir / 'last.pt'}",
+        f"only once its new version is complete). Free some space, then resume: {resume_command}",
         exit_code=1,
     )

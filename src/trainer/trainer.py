@@ -63,6 +63,7 @@ class Trainer:
         task: str = "classification",
         callbacks: Callbacks | None = None,
         loggers: Loggers | None = None,
+        sweep_resume_command: str | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.data, self.cfg, self.device = data, cfg, device
@@ -87,8 +88,10 @@ class Trainer:
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
-        self.checkpoints = CheckpointFolder(self.checkpoint_dir, cfg.save_every_n_epochs, cfg.keep_last_k)
+        self.checkpoints = CheckpointFolder(self.checkpoint_dir, cfg.save_every_n_epochs, cfg.keep_last_k, self.resume_command)
         self.loggers = loggers if loggers is not None else Loggers()
+        # A sweep's job continues with its sweep (`resume=<job folder>/...` would not parse).
+        self.sweep_resume_command = sweep_resume_command
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -122,7 +125,7 @@ class Trainer:
                 metrics = self.train_epoch(progress)
                 self.callbacks.call("on_train_epoch_end", self, metrics)
                 self.callbacks.call("on_validation_start", self)
-                metrics.update(self.validate())
+                metrics.update(self.validate(progress=progress))
                 # Every decision below (best, scheduler, early stop) is rank 0's. The
                 # all-reduced sums agree on every rank already; the broadcast makes the
                 # agreement a guarantee rather than a property of the reduction.
@@ -157,7 +160,7 @@ class Trainer:
         # Plain Python values: reading a DictConfig inside the loop costs microseconds per access.
         accumulate, num_batches = int(self.cfg.accumulate_grad_batches), len(batches)
         self.epoch_first_step = self.step - start // accumulate
-        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start)
+        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start, batch_size=batches.batch_size)
         for batch, (inputs, targets) in enumerate(batches, start=start):
             steps = (batch + 1) % accumulate == 0 or batch + 1 == num_batches  # the accumulation window's last batch
             with ddp.gradient_sync(self.ddp, steps):
@@ -219,13 +222,16 @@ class Trainer:
             self.loggers.log_metrics({"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
             progress.show_loss(value)
 
-    def validate(self, model: nn.Module | None = None) -> dict[str, float]:
+    def validate(self, model: nn.Module | None = None, progress: NoProgress | None = None) -> dict[str, float]:
         """The val/* metrics of `model` (the run's own by default); {} without a validation split."""
         if self.data.val is None:
             return {}
         ddp.sync_buffers(self.model)
         forward = self.eval_forward if model is None else ForwardPass(model, self.loss_fn, self.device, self.channels_last, self.precision)
-        metrics = evaluate(forward, self.data.val, make_metrics(self.task, self.num_outputs, self.device))
+        progress = progress or NoProgress()
+        progress.start("validating", total=len(self.data.val), batch_size=self.data.val.batch_size)
+        metrics = evaluate(forward, self.data.val, make_metrics(self.task, self.num_outputs, self.device), progress=progress)
+        progress.stop()
         return {f"val/{k}": v for k, v in metrics.compute().items()}
 
     def _end_epoch(self, metrics: dict[str, float], lr: float, seconds: float) -> None:
@@ -282,10 +288,16 @@ class Trainer:
 
     def _stop_for_signal(self) -> None:
         where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
-        launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
         self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
         name = signal.Signals(self.stopping).name
-        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, launch)
+        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, self.resume_command())
+
+    def resume_command(self) -> str:
+        """The command that continues this run from its last.pt."""
+        if self.sweep_resume_command:
+            return self.sweep_resume_command
+        launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
+        return f"{launch} train.py resume={self.checkpoint_dir / 'last.pt'}"
 
     # ------------------------------------------------------------------ outputs
     def _log_inputs(self, inputs: torch.Tensor) -> None:

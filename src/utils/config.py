@@ -15,6 +15,7 @@ from src.utils import distributed
 from src.utils.errors import UserError
 
 PROGRESS_CHOICES = ("rich", "tqdm", "none")
+PRINT_CONFIG_CHOICES = ("short", "full")
 # trainer.precision -> the name of its autocast dtype in torch (None: plain float32).
 PRECISIONS = {"32": None, "16-mixed": "float16", "bf16-mixed": "bfloat16"}
 
@@ -56,6 +57,7 @@ def metric_names(task: str, num_outputs: int, top5: bool = True) -> list[str]:
 def validate_train_config(cfg: DictConfig) -> None:
     """Raise a UserError naming the first bad value in a composed training config."""
     _check(cfg, "seed", lambda v: _is_int(v, 0), "an integer >= 0")
+    _check(cfg, "print_config", lambda v: v in PRINT_CONFIG_CHOICES, "one of " + ", ".join(PRINT_CONFIG_CHOICES))
     _check(cfg, "trainer.epochs", lambda v: _is_int(v, 1), "a positive integer number of epochs")
     _check(cfg, "trainer.log_every_n_steps", lambda v: _is_int(v, 1), "a positive integer")
     _check(cfg, "trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 disables clipping)")
@@ -164,6 +166,23 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> Iterator[tuple[str, Any
             yield name, value
 
 
+def config_summary(cfg: DictConfig, choices: dict[str, str], overrides: list[str]) -> Any:
+    """What a run prints of its config by default: the config group choices and the
+    command line's overrides (`print_config=full` prints `config_tree` instead)."""
+    from rich.text import Text
+    from rich.tree import Tree
+
+    chosen = {group: choice for group, choice in choices.items() if choice not in (None, "None")}
+    # Hydra records no choice for a list of options such as logger=[tensorboard,csv].
+    chosen["logger"] = f"[{','.join(cfg.get('logger') or {})}]"
+    groups = " ".join(f"{group}={chosen[group]}" for group in sorted(chosen))
+    # Text, not markup: rich would take `logger=[tensorboard,csv]` for a style tag.
+    tree = Tree(Text("config (print_config=full shows every value)"), guide_style="dim")
+    tree.add(Text(f"groups: {groups}"))
+    tree.add(Text(f"overrides: {' '.join(overrides) or 'none'}"))
+    return tree
+
+
 def config_tree(cfg: DictConfig) -> Any:
     """A rich Tree of the resolved config, one branch per top-level key."""
     from rich.syntax import Syntax
@@ -238,6 +257,16 @@ def stored_data_overrides(argv: list[str]) -> list[str]:
     return [f"++{arg}" if arg.startswith("data.") else arg for arg in argv]
 
 
+# The repository's root folder (this file is src/utils/config.py).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def repo_path(relative: str) -> str:
+    """Config resolver `${repo_path:data}`: the absolute path of a folder in the
+    repository, whatever the current directory. Pure: nothing is created."""
+    return str(REPO_ROOT / relative)
+
+
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 # This process's start time names its run or sweep folder (`RunFolderCallback` adds
 # `_1`, `_2`, ... when another process took that name in the same second).
@@ -286,7 +315,13 @@ def job_dirname(number: int, overrides: str) -> str:
 
 
 def register_resolvers() -> None:
-    resolvers = {"run_dir": run_dir, "sweep_dir": sweep_dir, "output_subdir": output_subdir, "job_dirname": job_dirname}
+    resolvers = {
+        "run_dir": run_dir,
+        "sweep_dir": sweep_dir,
+        "output_subdir": output_subdir,
+        "job_dirname": job_dirname,
+        "repo_path": repo_path,
+    }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
@@ -301,7 +336,7 @@ def app_help(script: str, config_name: str, overrides: list[str], example: str, 
     """
     from hydra import compose, initialize_config_dir
 
-    config_dir = Path(__file__).resolve().parents[2] / "configs"
+    config_dir = REPO_ROOT / "configs"
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides)
     listed = [

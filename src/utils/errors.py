@@ -27,6 +27,8 @@ class RunStopped(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        # Set once the run has written metrics.json for this stop (with its history).
+        self.recorded = False
 
 
 def one_line(err: BaseException, limit: int = 300) -> str:

@@ -1,8 +1,9 @@
 """Sweeps (`--multirun`): each job's failure stays in its folder, and a leaderboard of
 all jobs is written and printed when the sweep ends.
 
-Every job folder holds a metrics.json: the trainer writes it for a finished job, and
-`run_sweep_job` writes one with `status: failed` for a job that raised. The summary
+Every job folder holds a metrics.json: the run writes it when it finishes, or stops on
+an error such as a NaN (`status: failed`, with its history), and `run_sweep_job` writes
+one with `status: failed` for any other job that raised. The summary
 reads those files, so it works the same for every launcher (in-process, joblib,
 SLURM), whose jobs may run in other processes or on other machines.
 """
@@ -14,6 +15,8 @@ import io
 import json
 import logging
 import math
+import shlex
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -31,6 +34,24 @@ from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
+
+# Hydra's default launcher runs every job in the process the user started.
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def resume_command(hydra_cfg: DictConfig) -> str:
+    """How to continue the sweep a job belongs to: the sweep's own command line plus
+    `sweep.resume=<sweep folder>` (see the README, "Continuing an interrupted sweep").
+
+    A job's config holds only its own overrides, not the sweep's (`model=mlp,cnn`), so
+    the command line is known where jobs run in the process the user started (Hydra's
+    basic launcher, also under Optuna); other launchers' jobs get it in words."""
+    sweep = str(hydra_cfg.sweep.dir)
+    if hydra_cfg.launcher.get("_target_") != BASIC_LAUNCHER:
+        return f"the sweep's own command again, with sweep.resume={shlex.quote(sweep)} added"
+    arguments = [arg for arg in sys.argv[1:] if not arg.startswith("sweep.resume=")]
+    return shlex.join(["python", sys.argv[0], *arguments, f"sweep.resume={sweep}"])
+
 
 def run_sweep_job(task: Callable[[], float], job_dir: Path, overrides: list[str]) -> float:
     """Run one job of a sweep. A failure is recorded in the job's folder (metrics.json
@@ -52,10 +73,11 @@ def run_sweep_job(task: Callable[[], float], job_dir: Path, overrides: list[str]
     if not isinstance(error, (UserError, RunStopped)):  # a bug: keep the traceback
         with open(job_dir / "train.log", "a", encoding="utf-8") as f:
             f.write("".join(traceback.format_exception(error)))
-    atomic_write_json(
-        job_dir / "metrics.json",
-        {"status": "failed", "error": message, "overrides": overrides, "wall_seconds": time.time() - started},
-    )
+    if not (isinstance(error, RunStopped) and error.recorded):  # else the run's own record, with its history, stays
+        atomic_write_json(
+            job_dir / "metrics.json",
+            {"status": "failed", "error": message, "overrides": overrides, "wall_seconds": time.time() - started},
+        )
     return math.nan
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 class Bars(Dataset):
     """16x16 float images with one bright horizontal (class 0) or vertical (class 1) bar."""
 
-    def __init__(self, train: bool, size: int = 400) -> None:
+    def __init__(self, train: bool, size: int = 1000) -> None:
         g = torch.Generator().manual_seed(0 if train else 1)
         self.labels = torch.randint(2, (size,), generator=g)
         self.positions = torch.randint(16, (size,), generator=g)
