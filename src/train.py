@@ -23,14 +23,14 @@ from src.trainer import stops
 from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
 from src.trainer.evaluation import evaluate
-from src.trainer.loggers import Loggers
+from src.trainer.loggers import Hyperparameters, Loggers
 from src.trainer.metrics import make_metrics
 from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.utils import distributed
 from src.utils.build import build
-from src.utils.config import config_summary, config_tree, flatten, validate_train_config
+from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
 from src.utils.errors import RunStopped, UserError, one_line
@@ -116,7 +116,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     try:
         if state is not None:
             restore(trainer, state, Path(cfg.resume), cfg)
-        trainer.loggers.log_hyperparams(hyperparameters(cfg), {}, trainer.step)
+        trainer.loggers.log_hyperparams(hyperparameters(cfg, run_info.choices), {}, trainer.step)
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
@@ -149,15 +149,31 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
         reason = err.strerror or str(err)
         raise stops.not_written(str(run_dir / "metrics.json"), reason, trainer.checkpoint_dir, trainer.resume_command(), done) from None
     final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
-    trainer.loggers.log_hyperparams(hyperparameters(cfg), final, trainer.step)
+    trainer.loggers.log_hyperparams(hyperparameters(cfg, trainer.run_info.choices), final, trainer.step)
     trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")
 
 
-def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
-    """The flattened config the loggers record, without what only says where things
-    are (data paths, the checkpoint resumed) or how they are logged and printed."""
-    where = ("data.dataset.", "data.root", "resume", "sweep.", "logger.", "print_config")
-    return {key: value for key, value in flatten(cfg) if not key.startswith(where)}
+# Config keys and groups that say where a run reads and writes (this machine's paths)
+# or how it reports, not what it trains: never hyperparameters.
+NOT_HYPERPARAMETERS = ("data.root", "data.path", "data.dataset.root", "data.dataset.path", "resume", "sweep", "name", "logger", "hparams_search", "trainer.device", "trainer.progress", "print_config")
+
+
+def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> Hyperparameters:
+    """What the loggers record: the flattened config; and, to compare runs by, the config
+    group `choices` (`model: cnn`) and the values the command line set."""
+    config = {key: value for key, value in flatten(cfg) if not _is_one_of(key, NOT_HYPERPARAMETERS)}
+    compared: dict[str, Any] = {
+        group: choice for group, choice in choices.items() if choice != "None" and not _is_one_of(group, NOT_HYPERPARAMETERS)
+    }
+    for key in overridden_keys(list(HydraConfig.get().overrides.task)):
+        if key not in choices:
+            compared.update((name, value) for name, value in config.items() if _is_one_of(name, (key,)))
+    return Hyperparameters(config, compared)
+
+
+def _is_one_of(key: str, names: tuple[str, ...]) -> bool:
+    """`key` is one of `names`, or inside one (`logger.csv.filename` is inside `logger`)."""
+    return any(key == name or key.startswith(f"{name}.") for name in names)
 
 
 def build_loggers(cfg: DictConfig | None, run_dir: Path) -> Loggers:

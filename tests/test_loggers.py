@@ -59,7 +59,7 @@ def test_the_csv_table_has_each_step_once_and_the_resumed_values(resumed: dict) 
 
 
 def test_tensorboard_purged_what_came_after_the_checkpoint(resumed: dict) -> None:
-    events = EventAccumulator(str(resumed["run_dir"] / "tensorboard"))
+    events = EventAccumulator(str(resumed["run_dir"]))
     events.Reload()
     val = events.Scalars("val/loss")
     assert [e.step for e in val] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
@@ -162,7 +162,7 @@ def test_no_logger_writes_only_the_run_itself(tmp_path: Path) -> None:
     result = run_cli("train.py", "data=synthetic", "trainer.epochs=1", *FAST, "logger=[]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = run_dirs(tmp_path)
-    assert not (run_dir / "tensorboard").exists() and not (run_dir / "metrics.csv").exists()
+    assert not list(run_dir.glob("events.out.tfevents.*")) and not (run_dir / "metrics.csv").exists()
     assert (run_dir / "metrics.json").is_file()
 
 

@@ -177,7 +177,7 @@ def test_debug_fast_and_profile_runs(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (fast_run,) = (tmp_path / "saved" / "runs" / "debug-fast").iterdir()
-    events = EventAccumulator(str(fast_run / "tensorboard"), size_guidance={"histograms": 0})
+    events = EventAccumulator(str(fast_run), size_guidance={"histograms": 0})
     events.Reload()
     tags = events.Tags()
     assert "train/first_batch" in tags["images"] and tags["graph"]
@@ -185,7 +185,7 @@ def test_debug_fast_and_profile_runs(tmp_path: Path) -> None:
     result = run_cli("train.py", "data=synthetic", "debug=profile", *FAST, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     (profile_run,) = (tmp_path / "saved" / "runs" / "debug-profile").iterdir()
-    assert list((profile_run / "tensorboard").glob("*.pt.trace.json")), "the profiler trace is in the run folder"
+    assert list((profile_run / "profiler").glob("*.pt.trace.json")), "the profiler trace is in the run folder"
 
 
 def write_image_folder(root: Path, per_class: int = 40) -> Path:

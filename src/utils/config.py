@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src.utils import distributed
@@ -305,13 +306,53 @@ def output_subdir(resume: str | None) -> str | None:
 
 
 def job_dirname(number: int, overrides: str) -> str:
-    """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<its overrides>`, one
-    folder level (a `/` in a value would nest folders) and short enough for any
-    filesystem (long names end in a hash of the full one)."""
-    name = f"{number}_{overrides}".replace("/", "_") if overrides else str(number)
+    """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<its overrides>`, without
+    the overrides every job of the sweep shares (`RunFolderCallback` adds their keys to
+    `override_dirname.exclude_keys`)."""
+    return folder_name(f"{number}_{overrides}" if overrides else str(number))
+
+
+def eval_dirname(checkpoint: str | None, data: str | None, split: str) -> str:
+    """Hydra resolver naming test.py's folder for evaluating `checkpoint` on `data` (None:
+    the checkpoint's own) and `split`: `<run>-<checkpoint>-<data>-<split>`, with `<run>` the
+    training run's `<name>_<time>` (`<sweep time>_<job>` in a sweep), e.g.
+    `mnist-cnn_2026-01-02_03-04-05-best-mnist-test`. The data's name, when not given,
+    comes from the run's `.hydra/config.yaml`; a checkpoint outside a run folder is
+    named by its file alone."""
+    path = Path(str(checkpoint or "checkpoint"))
+    run = resume_folder(str(path))
+    run_parts = [f"{Path(run).parent.name}_{Path(run).name}"] if run else []
+    data = data or (_data_name(Path(run)) if run else None)
+    return folder_name("-".join([*run_parts, path.stem, *([str(data)] if data else []), str(split)]))
+
+
+def _data_name(run: Path) -> Any:
+    """`data.name` in a run's `.hydra/config.yaml`, or None when it cannot be read."""
+    try:
+        return OmegaConf.select(OmegaConf.load(run / ".hydra" / "config.yaml"), "data.name", default=None, throw_on_resolution_failure=False)
+    except Exception:  # noqa: BLE001 - a folder name only: the evaluation itself reports a bad run
+        return None
+
+
+def folder_name(name: str) -> str:
+    """`name` as one folder level (a `/` would nest folders), short enough for any
+    filesystem (a long name ends in a hash of the full one)."""
+    name = name.replace("/", "_")
     if len(name) > 120:
         name = name[:110] + "-" + hashlib.md5(name.encode()).hexdigest()[:8]
     return name
+
+
+def overridden_keys(overrides: list[str]) -> list[str]:
+    """The config keys and groups a command line's overrides set (`optimizer.lr`,
+    `model`); deletions (`~key`) set nothing."""
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if not o.is_delete()]
+
+
+def shared_override_keys(overrides: list[str]) -> list[str]:
+    """The keys a sweep's command line gives a single value (`data` in `-m model=mlp,cnn
+    data=mnist`): every job of the sweep shares them."""
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
 
 
 def register_resolvers() -> None:
@@ -321,6 +362,7 @@ def register_resolvers() -> None:
         "output_subdir": output_subdir,
         "job_dirname": job_dirname,
         "repo_path": repo_path,
+        "eval_dirname": eval_dirname,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -31,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from src.utils.config import resume_folder
+from src.utils.config import resume_folder, shared_override_keys
 from src.utils.distributed import broadcast, is_rank_zero
 from src.utils.errors import UserError
 
@@ -40,8 +40,10 @@ LOCK_NAME = ".lock"
 # are ever removed, and only when this command created them.
 RUN_ENTRIES = (
     ".hydra", LOCK_NAME, "train.log", "test.log", "predict.log", "export.log",
-    "checkpoints", "tensorboard", "metrics.json", "metrics.csv", "predictions.csv", "wandb",
+    "checkpoints", "profiler", "metrics.json", "metrics.csv", "predictions.csv", "wandb",
 )
+# TensorBoard's event files, named by their time, host and process.
+RUN_ENTRY_PATTERNS = ("events.out.tfevents.*",)
 
 # Folders this process claimed for a run, with the ancestors it created for them.
 _claimed: dict[str, list[str]] = {}
@@ -151,7 +153,8 @@ class RunFolder:
                     break
             return
         if holds_lock:
-            for name in set(RUN_ENTRIES) - self.entries_before:
+            written = {path.name for pattern in RUN_ENTRY_PATTERNS for path in self.path.glob(pattern)}
+            for name in (set(RUN_ENTRIES) | written) - self.entries_before:
                 _remove(self.path / name)
         snapshot = Path(output_subdir) if output_subdir else None
         if snapshot is not None and snapshot.parent == Path(".hydra") and snapshot.name not in self.hydra_entries_before:
@@ -205,6 +208,22 @@ class RunFolderCallback(Callback):
                 if sweep.exists() and not sweep.is_dir():
                     raise UserError(f"hydra.sweep.dir={str(sweep)!r} is a file, not a folder: name a folder for the sweep.")
                 sweep.mkdir(parents=True, exist_ok=True)
+            _name_jobs_by_what_differs(config)
+
+
+def _name_jobs_by_what_differs(config: DictConfig) -> None:
+    """Leave the overrides every job of the sweep shares (`data=mnist` in `-m
+    model=mlp,cnn data=mnist`) out of the job folders' names, which then say what sets
+    each job apart (`0_model=mlp`). Launchers compose each job's config again from
+    these overrides, as for the sweep folder."""
+    shared = shared_override_keys(list(config.hydra.overrides.task))
+    if not shared:
+        return
+    naming = config.hydra.job.config.override_dirname
+    keys = [*naming.exclude_keys, *(key for key in shared if key not in naming.exclude_keys)]
+    _set(naming, "exclude_keys", keys)
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(map(_quoted, keys))}]")
 
 
 def _claim_on_rank_zero(candidate: str) -> str:

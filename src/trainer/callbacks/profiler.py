@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 class Profiler(Callback):
     """Trace optimizer steps `wait + warmup + 1` to `wait + warmup + active` into the
-    run's tensorboard/ (TensorBoard's profiler plugin, Perfetto or chrome://tracing)."""
+    run's profiler/ (TensorBoard's profiler plugin, Perfetto or chrome://tracing)."""
 
     def __init__(self, wait: int = 1, warmup: int = 1, active: int = 5) -> None:
         self.schedule = torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1)
@@ -27,7 +27,7 @@ class Profiler(Callback):
         activities = [torch.profiler.ProfilerActivity.CPU]
         if trainer.device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
-        trace_dir = trainer.run_dir / "tensorboard"
+        trace_dir = trainer.run_dir / "profiler"
         log.info(f"Profiling a few optimizer steps; the trace goes to {trace_dir}")
         self.profiler = torch.profiler.profile(
             activities=activities,

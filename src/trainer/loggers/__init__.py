@@ -4,6 +4,6 @@ Chosen with the `logger` config group (`logger=[tensorboard,csv]`); each backend
 in its own module, imported only when its config names it.
 """
 
-from src.trainer.loggers.base import Logger, LoggerBase, Loggers
+from src.trainer.loggers.base import Hyperparameters, Logger, LoggerBase, Loggers
 
-__all__ = ["Logger", "LoggerBase", "Loggers"]
+__all__ = ["Hyperparameters", "Logger", "LoggerBase", "Loggers"]

@@ -32,8 +32,9 @@ class Logger(Protocol):
         """A (C, H, W) image: uint8, or float in [0, 1]."""
 
     def log_hyperparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
-        """The run's flattened config: once when training starts (`metrics` empty), and
-        once more at the end with the final metrics (best monitored value, test metrics)."""
+        """The run's flattened config (a `Hyperparameters`): once when training starts
+        (`metrics` empty), and once more at the end with the final metrics (best
+        monitored value, test metrics)."""
 
     def purge_after(self, step: int) -> None:
         """The run resumes from a checkpoint taken at `step`: whatever was logged after it
@@ -52,6 +53,18 @@ class Logger(Protocol):
 
     def close(self) -> None:
         """Flush and close; also after an error or a signal."""
+
+
+class Hyperparameters(dict):
+    """What `Logger.log_hyperparams` gets: the run's flattened config as a plain dict
+    (`{"optimizer.lr": 0.001, ...}`), and in `compared` what tells the run apart from
+    others: its config group choices (`{"model": "cnn", ...}`) and the values its
+    command line set. A page that compares runs side by side (TensorBoard's HParams
+    tab) shows `compared`; a run's own record (MLflow, W&B) keeps the whole config."""
+
+    def __init__(self, config: Mapping[str, Any], compared: Mapping[str, Any]) -> None:
+        super().__init__(config)
+        self.compared = dict(compared)
 
 
 class LoggerBase:

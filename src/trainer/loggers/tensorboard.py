@@ -1,8 +1,10 @@
-"""TensorBoard: event files in `<run folder>/tensorboard/` (`tensorboard --logdir saved/`)."""
+"""TensorBoard: event files in the run folder itself, so that `tensorboard --logdir saved/`
+names each run by its folder (`runs/<name>/<time>`, `multirun/<time>/<job>`)."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,25 +18,37 @@ from src.trainer.loggers.base import LoggerBase
 
 log = logging.getLogger(__name__)
 
+# TensorBoard's Scalars and Time Series pages group tags by what comes before the first
+# `/`, sort the groups by name and open the first two: the curves (train/, val/) must
+# come first. The epoch counter and the final results (points the HParams tab reads as
+# its metric columns) go under a group that sorts after them.
+LAST_GROUP = "zz_hparams"
+# Entries of an epoch's metrics that count, rather than measure.
+BOOKKEEPING = ("epoch",)
+# The custom-scalars category with one chart per metric, its train and val curves together.
+TRAIN_VS_VAL = "train vs val"
+
 
 class TensorBoardLogger(LoggerBase):
-    """Scalars, images, the HParams tab, and on request the model graph and histograms.
+    """Scalars, images, a train-versus-val chart per metric (Custom Scalars), the HParams
+    tab, and on request the model graph and histograms.
 
-    A resumed run purges the events logged after its checkpoint's step, so every
-    series continues without a duplicated or out-of-order point.
+    Everything is logged against the global step, per-epoch metrics too (at the step
+    that ends the epoch): a resumed run purges the events logged after its checkpoint's
+    step, so every series continues without a duplicated or out-of-order point.
     """
 
-    def __init__(self, run_dir: str | Path, subdir: str = "tensorboard") -> None:
+    def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self.log_dir = self.run_dir / subdir
         self._purge_step: int | None = None
         self._writer: SummaryWriter | None = None
+        self._layout_written = False
 
     @property
     def writer(self) -> SummaryWriter:
         """Opened on first use, after `purge_after`: the purge is an event at the start of the new file."""
         if self._writer is None:
-            self._writer = SummaryWriter(str(self.log_dir), purge_step=self._purge_step)
+            self._writer = SummaryWriter(str(self.run_dir), purge_step=self._purge_step)
         return self._writer
 
     def purge_after(self, step: int) -> None:
@@ -42,24 +56,33 @@ class TensorBoardLogger(LoggerBase):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         for name, value in metrics.items():
-            self.writer.add_scalar(name, value, step)
+            self.writer.add_scalar(f"{LAST_GROUP}/{name}" if name in BOOKKEEPING else name, value, step)
+        if "epoch" in metrics and not self._layout_written:  # the first epoch's metrics name the charts
+            self.writer.add_custom_scalars({TRAIN_VS_VAL: train_vs_val_charts(metrics)})
+            self._layout_written = True
         self.writer.flush()  # a few times per epoch at most: TensorBoard shows the run as it goes
 
     def log_image(self, name: str, image: torch.Tensor, step: int) -> None:
         self.writer.add_image(name, image, step)
 
     def log_hyperparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
-        """Written into the run's own event file, so that runs opened together
-        (`--logdir saved/`) compare in the HParams tab. That needs the final metrics,
-        so the call at the start (no metrics yet) writes nothing."""
+        """The HParams tab's session: at the start, the values that tell this run apart
+        (`params.compared`), so the run shows in the tab while it trains; at the end the
+        final metrics and the session's end.
+
+        No experiment summary is written: TensorBoard then gathers the columns from all
+        the runs it shows, and puts first the hparams whose values differ between them
+        (the swept ones). Its metric columns are the runs' scalars."""
         if not metrics:
+            if self._purge_step is None:  # a resumed run's session began with its first process
+                shown = getattr(params, "compared", params)
+                session_start = hparams({key: _hparam_value(value) for key, value in shown.items()}, {})[1]
+                self.writer.file_writer.add_summary(session_start, step)
+                self.writer.flush()
             return
-        tags = {f"hparams/{name.replace('/', '_')}": value for name, value in metrics.items()}
-        # The metrics themselves first: this also opens the event file, `writer.file_writer`.
-        self.log_metrics({**metrics, **tags}, step)
-        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
-        for summary in hparams(clean, tags):  # experiment, session start, session end
-            self.writer.file_writer.add_summary(summary, step)
+        self.log_metrics({f"{LAST_GROUP}/{name}": value for name, value in metrics.items()}, step)
+        session_end = hparams({}, {})[2]  # status: success
+        self.writer.file_writer.add_summary(session_end, step)
         self.writer.flush()
 
     def log_graph(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
@@ -78,3 +101,21 @@ class TensorBoardLogger(LoggerBase):
             self._writer.close()
             self._writer = None
             log.info(f"TensorBoard: tensorboard --logdir {self.run_dir.parent.parent}")
+
+
+def train_vs_val_charts(epoch_metrics: Mapping[str, float]) -> dict[str, list[Any]]:
+    """One multiline chart per metric of an epoch (`loss`, `accuracy`, ...) holding its
+    `train/` and `val/` curves, as `SummaryWriter.add_custom_scalars` takes them. The
+    epoch's mean training loss is `train/epoch_loss` (`train/loss` is per step)."""
+    tags: dict[str, list[str]] = {}
+    for name in epoch_metrics:
+        split, _, metric = name.partition("/")
+        if split in ("train", "val"):
+            tags.setdefault(metric.removeprefix("epoch_"), []).append(name)
+    return {metric: ["Multiline", [f"^{re.escape(tag)}$" for tag in names]] for metric, names in tags.items()}
+
+
+def _hparam_value(value: Any) -> float | str:
+    """A number, or else text: the HParams tab shows numbers, strings and booleans, and
+    a list (`model.hidden_sizes`) as its text."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
