@@ -45,6 +45,7 @@ from src.data.builder import DataSplits  # noqa: E402
 from src.models.cnn import CNN  # noqa: E402
 from src.models.mlp import MLP  # noqa: E402
 from src.trainer.forward import to_memory_format  # noqa: E402
+from src.trainer.tasks.classification import Classification  # noqa: E402
 from src.trainer.trainer import Trainer  # noqa: E402
 
 MNIST_MEAN, MNIST_STD = [0.1307], [0.3081]
@@ -114,7 +115,7 @@ def overhead(make_model, images, targets, device: torch.device, steps: int, roun
             scheduler=None,
             data=DataSplits(train=batches, val=None, test=None, in_memory=True, input_shape=tuple(images.shape[1:])),
             cfg=trainer_config(**trainer_options),
-            num_outputs=10,
+            task=Classification(10),
             device=device,
             run_dir=Path(tmp),
             )

@@ -2,8 +2,8 @@
 
 The model is rebuilt from the config stored inside the checkpoint, so no model flags
 are needed. Results are printed, written as JSON next to the checkpoint, and logged
-(with a confusion-matrix image) to the loggers of the `logger` config group, in the
-evaluation's own run folder.
+to the loggers of the `logger` config group, in the evaluation's own run folder, with
+the task's evaluation extras (a classifier's confusion matrix).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from src.train import build_loggers
 from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
-from src.trainer.images import confusion_image
-from src.trainer.metrics import make_metrics
+from src.trainer.tasks import Extra, get_task
 from src.utils.build import build
 from src.utils.config import flatten, validate_data_config
 from src.utils.console import logging_to, show
@@ -56,15 +55,15 @@ def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, An
         raise UserError(f"split=val but the data config has no validation set (data.val_split={data_cfg.val_split}); use split=test.")
     model = build("model", trained.model).to(device)
     load_model_state(model, state["model"], path)
-    loss_fn = instantiate(trained.loss)
+    task = get_task(data_cfg)
+    loss_fn = task.loss(instantiate(trained.loss))
 
     precision = str(trained.trainer.get("precision", "32"))
     channels_last = use_channels_last(model, trained.trainer.get("channels_last", False), data.input_shape, device, precision)
-    task = data_cfg.get("task", "classification")
     forward = ForwardPass(model, loss_fn, device, channels_last, precision)
-    metrics = evaluate(forward, batches, make_metrics(task, data_cfg.num_outputs, device, confusion=task == "classification"))
+    metrics = evaluate(forward, batches, task.metrics(device, extras=True))
     values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
-    matrix = metrics.confusion_matrix() if task == "classification" else None
+    extras = metrics.extras()
 
     record = {
         "checkpoint": str(path),
@@ -73,9 +72,9 @@ def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, An
         "split": cfg.split,
         "samples": batches.num_samples,
         "metrics": values,
-        "confusion_matrix": matrix,
+        **{name: extra.to_json() for name, extra in extras.items()},
     }
-    _print_results(values, matrix, data_cfg.name, cfg.split)
+    _print_results(values, extras, data_cfg.name, cfg.split)
     suffix = cfg.split if data_cfg.name == trained.data.name else f"{data_cfg.name}-{cfg.split}"
     json_path = path.with_name(f"{path.stem}.{suffix}.json")
     try:
@@ -85,8 +84,8 @@ def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, An
         log.warning(f"Could not write {json_path} ({one_line(err)}); the results above are not saved beside the checkpoint.")
     try:
         loggers.log_metrics(values, state["epoch"])
-        if matrix is not None:
-            loggers.log_image(f"{cfg.split}/confusion_matrix", confusion_image(matrix), state["epoch"])
+        for name, extra in extras.items():
+            extra.log(loggers, f"{cfg.split}/{name}", state["epoch"])
     finally:
         loggers.close()
     return record
@@ -133,20 +132,12 @@ def _override_stored(data_cfg: DictConfig, key: str, value: Any, path: Path) -> 
     parent[leaf] = value
 
 
-def _print_results(values: dict[str, float], matrix: list[list[int]] | None, data_name: str, split: str) -> None:
+def _print_results(values: dict[str, float], extras: dict[str, Extra], data_name: str, split: str) -> None:
     table = Table(title=f"{data_name} {split}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in values.items():
         table.add_row(name, f"{value:.4f}")
     show(table)
-    if matrix is None:
-        return
-
-    confusion = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
-    confusion.add_column("")
-    for j in range(len(matrix)):
-        confusion.add_column(str(j), justify="right")
-    for i, row in enumerate(matrix):
-        confusion.add_row(str(i), *(f"[bold]{c}[/bold]" if i == j else str(c) for j, c in enumerate(row)))
-    show(confusion)
+    for extra in extras.values():
+        show(extra.table())

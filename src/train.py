@@ -24,10 +24,10 @@ from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
 from src.trainer.evaluation import evaluate
 from src.trainer.loggers import Hyperparameters, Loggers
-from src.trainer.metrics import make_metrics
 from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
+from src.trainer.tasks import get_task
 from src.utils import distributed
 from src.utils.build import build
 from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
@@ -78,7 +78,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     if cfg.data.input_shape is None:  # e.g. a CSV's number of feature columns
         cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
-    loss_fn = build("loss", cfg.loss)
+    task = get_task(cfg.data)
+    loss_fn = task.loss(build("loss", cfg.loss))
     optimizer = build("optimizer", cfg.optimizer, parameter_groups(model))
     for group in optimizer.param_groups:  # e.g. a pretrained backbone learning slower than its head
         # Kept in the group, and so in checkpoints: a resume's new optimizer.lr is scaled alike.
@@ -104,8 +105,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         scheduler=scheduler,
         data=data,
         cfg=cfg.trainer,
-        num_outputs=cfg.data.num_outputs,
-        task=cfg.data.task,
+        task=task,
         device=device,
         run_dir=run_dir,
         run_info=run_info,
@@ -121,8 +121,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         with StopRequest() as stop:
-            metrics = make_metrics(cfg.data.task, cfg.data.num_outputs, device)
-            test = evaluate(trainer.eval_forward, data.test, metrics, stop=stop).compute()
+            test = evaluate(trainer.eval_forward, data.test, task.metrics(device), stop=stop).compute()
         if stop.signum:
             raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt", trainer.resume_command())
         test = {f"test/{k}": v for k, v in test.items()}

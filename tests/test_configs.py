@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import FAST, REPO, run_cli, run_dirs
+from src.trainer.tasks import get_task
 
 CONFIGS = REPO / "configs"
 
@@ -43,7 +44,7 @@ def test_every_model_fits_every_dataset_shape(data: str, model: str) -> None:
 @pytest.mark.parametrize("loss", choices("loss"))
 def test_every_loss_takes_class_indices(loss: str) -> None:
     cfg = compose_train("data=synthetic", f"loss={loss}")
-    net, loss_fn = instantiate(cfg.model), instantiate(cfg.loss)
+    net, loss_fn = instantiate(cfg.model), get_task(cfg.data).loss(instantiate(cfg.loss))
     outputs, targets = net(torch.rand(4, 1, 28, 28)), torch.tensor([0, 1, 2, 3])
     value = loss_fn(outputs, targets)
     assert value.ndim == 0 and torch.isfinite(value)

@@ -17,6 +17,7 @@ from src.data.builder import DataSplits
 from src.data.synthetic import SyntheticImages
 from src.models.mlp import MLP
 from src.trainer.checkpoint import load_model_state
+from src.trainer.tasks.classification import Classification
 from src.trainer.trainer import Trainer
 
 CPU = torch.device("cpu")
@@ -33,7 +34,7 @@ def make_trainer(tmp_path: Path, model: nn.Module, batch_size: int, *overrides: 
         scheduler=None,
         data=DataSplits(train=batches, val=None, test=None, in_memory=True),
         cfg=trainer_cfg(*overrides),
-        num_outputs=10,
+        task=Classification(10),
         device=CPU,
         run_dir=tmp_path,
     )

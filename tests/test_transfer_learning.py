@@ -14,6 +14,7 @@ from src.data.builder import DataSplits
 from src.data.synthetic import SyntheticImages
 from src.models.pretrained import TorchvisionModel
 from src.train import parameter_groups
+from src.trainer.tasks.classification import Classification
 from src.trainer.trainer import Trainer
 from src.utils.errors import UserError
 from conftest import FAST, load, run_cli, run_dirs
@@ -45,7 +46,7 @@ def test_frozen_backbone_stays_fixed_while_the_new_head_learns(tmp_path: Path, l
     trainer = Trainer(
         model=model, loss_fn=nn.CrossEntropyLoss(), optimizer=optimizer, scheduler=None,
         data=DataSplits(train=batches, val=None, test=None, in_memory=True), cfg=trainer_cfg(),
-        num_outputs=10, device=torch.device("cpu"), run_dir=tmp_path,
+        task=Classification(10), device=torch.device("cpu"), run_dir=tmp_path,
     )
     trainer.train_epoch()
     for name, p in model.named_parameters():

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from src.trainer.tasks import task_class
 from src.utils.config import FLOAT32_MAX
 from src.data.splits import seeded_split
 from src.utils.errors import UserError
@@ -20,9 +21,9 @@ class CSVTable(Dataset):
     """The rows of a CSV (or TSV) file with a header line.
 
     Inputs are the `features` columns (all but the targets when null) as float32;
-    targets are one integer class column (classification, indices below
-    `num_classes`) or one or more float
-    columns (regression). The file is split into train and test rows by `test_split`
+    the `task` (`data.task`) makes the targets of the `target` columns: e.g. integer
+    class indices below `num_classes` for classification, floats for regression. The
+    file is split into train and test rows by `test_split`
     with `split_seed`; the validation split is carved out of the train rows later.
     `data` (N, F) and `targets` hold the rows of the requested split.
     """
@@ -50,23 +51,11 @@ class CSVTable(Dataset):
         features = list(features) if features else [name for name in header if name not in targets]
         if not features:
             raise UserError(f"{path}: no feature columns are left besides the target(s) {targets}.")
-        if task == "classification" and len(targets) != 1:
-            raise UserError(f"A classification target is one column of class indices; got data.target={targets}.")
 
         columns = {name: header.index(name) for name in header}
         x = _numeric(rows, [columns[n] for n in features], features, path)
         y = _numeric(rows, [columns[n] for n in targets], targets, path)
-        if task == "classification":
-            if not torch.equal(y, y.round()) or (y < 0).any():
-                raise UserError(f"{path}: the class column {targets[0]!r} must hold integer class indices 0, 1, 2, ...")
-            if num_classes is not None and y.max() >= num_classes:
-                raise UserError(
-                    f"{path}: the class column {targets[0]!r} holds the class index {int(y.max())}, but "
-                    f"data.num_classes={num_classes} allows 0..{num_classes - 1}. Set data.num_classes to the number of classes."
-                )
-            y = y[:, 0].long()
-        elif len(targets) == 1:
-            y = y[:, 0]
+        y = task_class(task).targets_from_table(y, targets, path, num_classes)
 
         train_rows, test_rows = seeded_split(len(x), test_split, split_seed)
         rows_of_split = train_rows if train else test_rows

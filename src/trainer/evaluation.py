@@ -6,9 +6,9 @@ import torch
 
 from src.data.builder import Batches
 from src.trainer.forward import ForwardPass
-from src.trainer.metrics import Metrics
 from src.trainer.progress import NoProgress
 from src.trainer.signals import StopRequest
+from src.trainer.tasks import Metrics
 
 
 @torch.inference_mode()

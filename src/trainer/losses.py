@@ -1,34 +1,47 @@
-"""Losses on the model's raw outputs: negative log-likelihood, and regression losses that
-also accept class indices (one-hot encoded against the output)."""
+"""Losses on the model's raw outputs (negative log-likelihood), and targets prepared
+for a loss as the run's task asks (see src/trainer/tasks/)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+# Losses that compare each output with a target of the same shape, rather than taking
+# a class index per sample: a classification task one-hot encodes its targets for them.
+ELEMENTWISE_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss, nn.BCEWithLogitsLoss, nn.BCELoss)
 
-def _match_targets(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if not targets.is_floating_point() and outputs.ndim == 2 and targets.ndim == 1:
-        return F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+
+class PreparedTargets(nn.Module):
+    """`loss(outputs, prepare(outputs, targets))`: the loss sees targets in the form it
+    needs, while the metrics still get them as the data yields them."""
+
+    def __init__(self, loss: nn.Module, prepare: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.loss, self.prepare = loss, prepare
+
+    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(outputs, self.prepare(outputs, targets))
+
+
+def one_hot(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Class indices (N,) as one-hot rows (N, C) in the outputs' dtype."""
+    return F.one_hot(targets, outputs.shape[1]).to(outputs.dtype)
+
+
+def like_outputs(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Targets in the outputs' shape and dtype: (N,) targets for (N, 1) outputs are
+    viewed as (N, 1), never broadcast to (N, N)."""
     if targets.shape != outputs.shape and targets.numel() == outputs.numel():
-        targets = targets.view_as(outputs)  # (N,) targets for (N, 1) outputs: never broadcast to (N, N)
+        targets = targets.view_as(outputs)
     return targets.to(outputs.dtype)
 
 
-class MSELoss(nn.MSELoss):
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return super().forward(outputs, _match_targets(outputs, targets))
-
-
-class L1Loss(nn.L1Loss):
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return super().forward(outputs, _match_targets(outputs, targets))
-
-
-class HuberLoss(nn.HuberLoss):
-    def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return super().forward(outputs, _match_targets(outputs, targets))
+# The loss classes of configs saved before tasks prepared the targets (a checkpoint's
+# config names them): the plain torch losses now, wrapped by the task.
+MSELoss, L1Loss, HuberLoss = nn.MSELoss, nn.L1Loss, nn.HuberLoss
 
 
 class NLLLoss(nn.NLLLoss):

@@ -1,35 +1,39 @@
-"""Epoch metrics summed on the device and read back once, so the loop never syncs per step."""
+"""Epoch metrics summed on the device and read back once, so the loop never syncs per step.
+
+Each task (src/trainer/tasks/) builds one of these classes and gives it its metric
+names; `compute` returns the values in that order.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import torch
+from rich.table import Table
 
-from src.utils.config import metric_names
+from src.trainer.images import confusion_image
+from src.trainer.loggers import Loggers
+from src.trainer.tasks.base import Extra
 from src.utils.distributed import sum_across_ranks
 
 # Batches whose predictions are counted at once (see ClassificationMetrics.update).
 PENDING_BATCHES = 16
 
 
-def make_metrics(task: str, num_outputs: int, device: torch.device, *, training: bool = False, confusion: bool = False) -> Metrics:
-    """The metrics of a task: classification (loss, accuracy, top-5) or regression
-    (loss, MSE, MAE, R²). Training batches skip top-5 and the confusion matrix."""
-    if task == "regression":
-        return RegressionMetrics(num_outputs, device)
-    return ClassificationMetrics(num_outputs, device, confusion=confusion and not training, top5=not training)
+def host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy for a state_dict: `.cpu()` of a CPU tensor is the tensor itself,
+    which the next in-place sum would change."""
+    return tensor.detach().to("cpu", copy=True)
 
 
 class ClassificationMetrics:
-    """Mean loss, accuracy, top-5 accuracy (when there are more than 5 classes, and
-    `top5` is on) and, on request, the confusion matrix (rows: true class, columns:
-    predicted class). Training leaves top-5 off: it is the costliest sum per step."""
+    """Mean loss, accuracy, top-5 accuracy (when `names` has top5) and, on request,
+    the confusion matrix (rows: true class, columns: predicted class)."""
 
-    def __init__(self, num_classes: int, device: torch.device, confusion: bool = False, top5: bool = True) -> None:
+    def __init__(self, num_classes: int, device: torch.device, names: list[str], confusion: bool = False) -> None:
         self.num_classes = num_classes
-        self.names = metric_names("classification", num_classes, top5)
+        self.names = names
         self.count = 0
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -83,43 +87,91 @@ class ClassificationMetrics:
         self._count_pending()
         return {
             "count": self.count,
-            "loss_sum": self.loss_sum.cpu(),
-            "correct": self.correct.cpu(),
-            "correct_top5": None if self.correct_top5 is None else self.correct_top5.cpu(),
+            "loss_sum": host_copy(self.loss_sum),
+            "correct": host_copy(self.correct),
+            "correct_top5": None if self.correct_top5 is None else host_copy(self.correct_top5),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = self.loss_sum.device
         self.count = state["count"]
-        self.loss_sum = state["loss_sum"].to(device)
+        self.loss_sum = state["loss_sum"].to(device, copy=True)  # summed in place
         self.correct = state["correct"].to(device)
         if self.correct_top5 is not None:
             self.correct_top5 = state["correct_top5"].to(device)
 
-    def confusion_matrix(self) -> list[list[int]]:
-        assert self.confusion is not None, "created with confusion=False"
+    def extras(self) -> dict[str, Extra]:
+        if self.confusion is None:
+            return {}
         self._count_pending()
-        return self.confusion.view(self.num_classes, self.num_classes).tolist()
+        return {"confusion_matrix": ConfusionMatrix(self.confusion.view(self.num_classes, self.num_classes).tolist())}
 
 
-class RegressionMetrics:
-    """Mean loss, mean squared and absolute error, and R² (averaged over the outputs),
-    from running sums on the device."""
+class ConfusionMatrix:
+    """Counts of (true class, predicted class): rows are true classes."""
 
-    names = metric_names("regression", 1)
+    def __init__(self, counts: list[list[int]]) -> None:
+        self.counts = counts
 
-    def __init__(self, num_outputs: int, device: torch.device) -> None:
+    def to_json(self) -> list[list[int]]:
+        return self.counts
+
+    def table(self) -> Table:
+        table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+        table.add_column("")
+        for j in range(len(self.counts)):
+            table.add_column(str(j), justify="right")
+        for i, row in enumerate(self.counts):
+            table.add_row(str(i), *(f"[bold]{c}[/bold]" if i == j else str(c) for j, c in enumerate(row)))
+        return table
+
+    def log(self, loggers: Loggers, name: str, step: int) -> None:
+        loggers.log_image(name, confusion_image(self.counts), step)
+
+
+class SummedMetrics:
+    """The bookkeeping of metrics kept as running sums: the sample count, the loss sum
+    and named sum tensors (`sums`), which subclasses add to in place."""
+
+    def __init__(self, device: torch.device, names: list[str], sums: dict[str, torch.Tensor]) -> None:
+        self.names = names
         self.count = 0
-        zeros = lambda: torch.zeros(num_outputs, dtype=torch.float64, device=device)  # noqa: E731
         self.loss_sum = torch.zeros((), device=device)
+        self.sums = sums
+
+    def _add_loss(self, loss: torch.Tensor, n: int) -> None:
+        self.count += n
+        # Summed batch by batch: float sums depend on their order, and a resumed epoch
+        # must add up exactly as an uninterrupted one.
+        self.loss_sum.add_(loss, alpha=n)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums, so a mid-epoch checkpoint resumes the epoch's metrics exactly."""
+        return {"count": self.count, "loss_sum": host_copy(self.loss_sum), **{k: host_copy(v) for k, v in self.sums.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = self.loss_sum.device
+        self.count = state["count"]
+        self.loss_sum = state["loss_sum"].to(device, copy=True)
+        self.sums = {k: state[k].to(device, copy=True) for k in self.sums}
+
+    def extras(self) -> dict[str, Extra]:
+        return {}
+
+
+class RegressionMetrics(SummedMetrics):
+    """Mean loss, mean squared and absolute error, and R² (averaged over the outputs),
+    from running sums on the device; `names` gives their four names."""
+
+    def __init__(self, num_outputs: int, device: torch.device, names: list[str]) -> None:
+        zeros = lambda: torch.zeros(num_outputs, dtype=torch.float64, device=device)  # noqa: E731
         # Per output: sum of squared and absolute errors, of targets and of squared targets.
-        self.sums = {"sq_err": zeros(), "abs_err": zeros(), "y": zeros(), "y_sq": zeros()}
+        super().__init__(device, names, {"sq_err": zeros(), "abs_err": zeros(), "y": zeros(), "y_sq": zeros()})
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         """Add one batch (`outputs` and `loss` detached, as for ClassificationMetrics)."""
         n = targets.shape[0]
-        self.count += n
-        self.loss_sum.add_(loss, alpha=n)
+        self._add_loss(loss, n)
         y = targets.reshape(n, -1).double()
         error = outputs.reshape(n, -1).double() - y
         self.sums["sq_err"].add_(error.square().sum(dim=0))
@@ -141,14 +193,3 @@ class RegressionMetrics:
         *values, samples = torch.cat([*means, total_count]).tolist()
         return dict(zip(self.names, values if samples else [math.nan] * len(values)))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "loss_sum": self.loss_sum.cpu(), **{k: v.cpu() for k, v in self.sums.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.loss_sum.device
-        self.count = state["count"]
-        self.loss_sum = state["loss_sum"].to(device)
-        self.sums = {k: state[k].to(device) for k in self.sums}
-
-
-Metrics = Union[ClassificationMetrics, RegressionMetrics]

@@ -29,9 +29,9 @@ from src.trainer.forward import ForwardPass, to_memory_format, use_channels_last
 from src.trainer.loss_log import PendingLosses
 from src.trainer.images import image_grid
 from src.trainer.loggers import Loggers
-from src.trainer.metrics import make_metrics
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
+from src.trainer.tasks import Task
 from src.utils import distributed
 from src.utils.errors import one_line
 
@@ -56,18 +56,17 @@ class Trainer:
         scheduler: Any,
         data: DataSplits,
         cfg: DictConfig,
-        num_outputs: int,
+        task: Task,
         device: torch.device,
         run_dir: Path,
         run_info: RunInfo | None = None,
-        task: str = "classification",
         callbacks: Callbacks | None = None,
         loggers: Loggers | None = None,
         sweep_resume_command: str | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.data, self.cfg, self.device = data, cfg, device
-        self.task, self.num_outputs = task, num_outputs
+        self.task = task
         self.run_info = run_info or RunInfo()
         self.callbacks = callbacks or Callbacks()
         self.monitor, self.mode = cfg.monitor, cfg.mode
@@ -150,7 +149,7 @@ class Trainer:
         """One pass over the training batches (from `batch_in_epoch` when resuming)."""
         progress = progress or NoProgress()
         self.model.train()
-        metrics = make_metrics(self.task, self.num_outputs, self.device, training=True)
+        metrics = self.task.metrics(self.device, training=True)
         if self.partial_metrics is not None:  # resuming in the middle of this epoch
             metrics.load_state_dict(self.partial_metrics)
         start, self.batch_in_epoch, self.partial_metrics = self.batch_in_epoch, 0, None
@@ -230,7 +229,7 @@ class Trainer:
         forward = self.eval_forward if model is None else ForwardPass(model, self.loss_fn, self.device, self.channels_last, self.precision)
         progress = progress or NoProgress()
         progress.start("validating", total=len(self.data.val), batch_size=self.data.val.batch_size)
-        metrics = evaluate(forward, self.data.val, make_metrics(self.task, self.num_outputs, self.device), progress=progress)
+        metrics = evaluate(forward, self.data.val, self.task.metrics(self.device), progress=progress)
         progress.stop()
         return {f"val/{k}": v for k, v in metrics.compute().items()}
 

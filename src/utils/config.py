@@ -12,6 +12,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from src.trainer.tasks import get_task
 from src.utils import distributed
 from src.utils.errors import UserError
 
@@ -24,9 +25,6 @@ PRECISIONS = {"32": None, "16-mixed": "float16", "bf16-mixed": "bfloat16"}
 # import torch). Larger values, an lr of 1e300 or a CSV cell of 1e308, overflow to inf
 # in float32 tensors.
 FLOAT32_MAX = 3.4028234663852886e38
-
-# Losses that take class indices as targets: a regression target (a float) fails in them.
-CLASS_INDEX_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss", "src.trainer.losses.NLLLoss")
 
 
 def _is_int(value: Any, minimum: int) -> bool:
@@ -43,16 +41,6 @@ def _check(cfg: DictConfig, key: str, ok: Callable[[Any], bool], expected: str, 
         return
     if not ok(value):
         raise UserError(f"Invalid value {key}={value!r}: expected {expected}.")
-
-
-TASKS = ("classification", "regression")
-
-
-def metric_names(task: str, num_outputs: int, top5: bool = True) -> list[str]:
-    """The metrics a task reports per split (training leaves top-5 out)."""
-    if task == "regression":
-        return ["loss", "mse", "mae", "r2"]
-    return ["loss", "accuracy"] + (["top5"] if top5 and num_outputs > 5 else [])
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -87,7 +75,7 @@ def validate_train_config(cfg: DictConfig) -> None:
         optional=True,
     )
     _check(cfg, "scheduler.step_size", lambda v: _is_int(v, 1), "a positive integer number of epochs", optional=True)
-    _check_loss_fits_task(cfg)
+    get_task(cfg.data).check_loss(OmegaConf.select(cfg, "loss._target_", default=None))
     _check_monitor(cfg)
     check_loggers(cfg)
 
@@ -98,18 +86,11 @@ def validate_data_config(cfg: DictConfig) -> None:
     _check(cfg, "data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0")
     _check(cfg, "data.val_split", lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)")
     _check(cfg, "data.in_memory", lambda v: v in ("auto", True, False), "auto, true or false")
-    _check(cfg, "data.task", lambda v: v in TASKS, "classification or regression")
-    if cfg.data.task == "classification":
-        _check(cfg, "data.num_classes", lambda v: _is_int(v, 2), "an integer >= 2 (the number of classes)")
-    _check(cfg, "data.num_outputs", lambda v: _is_int(v, 1), "a positive integer (the model's output width)")
-    if cfg.data.task == "classification" and cfg.data.num_outputs != cfg.data.num_classes:
-        raise UserError(
-            f"data.num_outputs={cfg.data.num_outputs} but data.num_classes={cfg.data.num_classes}: a classifier "
-            f"has one output per class (set data.num_outputs=${{data.num_classes}})."
-        )
     for key in ("path", "target", "root", "num_classes"):
         if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
             raise UserError(f"data={cfg.data.name} needs data.{key}=... on the command line (see configs/data/{cfg.data.name}.yaml).")
+    _check(cfg, "data.num_outputs", lambda v: _is_int(v, 1), "a positive integer (the model's output width)")
+    get_task(cfg.data).check_data(cfg.data)  # an unknown data.task is refused with the known ones
     _check(
         cfg,
         "data.input_shape",
@@ -136,21 +117,12 @@ def check_loggers(cfg: DictConfig) -> None:
             )
 
 
-def _check_loss_fits_task(cfg: DictConfig) -> None:
-    target = OmegaConf.select(cfg, "loss._target_", default=None)
-    if cfg.data.task == "regression" and target in CLASS_INDEX_LOSSES:
-        raise UserError(
-            f"data.task=regression, but the loss {target} (loss=cross_entropy, the default, or loss=nll) needs class "
-            f"indices as targets. For numeric targets add loss=mse (or l1, huber); if data.target holds class indices "
-            f"0..N-1, add data.task=classification data.num_classes=N data.num_outputs=N."
-        )
-
-
 def _check_monitor(cfg: DictConfig) -> None:
     monitor = cfg.trainer.monitor
-    choices = [f"train/{name}" for name in metric_names(cfg.data.task, cfg.data.num_outputs, top5=False)]
+    task = get_task(cfg.data)
+    choices = [f"train/{name}" for name in task.metric_names(training=True)]
     if cfg.data.val_split > 0:
-        choices += [f"val/{name}" for name in metric_names(cfg.data.task, cfg.data.num_outputs)]
+        choices += [f"val/{name}" for name in task.metric_names()]
     if monitor not in choices:
         why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and cfg.data.val_split == 0 else ""
         raise UserError(f"Invalid value trainer.monitor={monitor!r}{why}: expected one of {', '.join(choices)}.")
