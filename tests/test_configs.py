@@ -13,8 +13,10 @@ from hydra.utils import instantiate
 
 from conftest import FAST, REPO, run_cli, run_dirs
 from src.trainer.tasks import get_task
+from src.utils.config import register_resolvers
 
 CONFIGS = REPO / "configs"
+register_resolvers()  # as train.py does: the configs use them (a table's num_outputs)
 
 
 def choices(group: str) -> list[str]:

@@ -1,22 +1,26 @@
 """Tasks: their metrics on hand-computed cases, exact mid-epoch resume of their sums,
-and how targets reach the loss."""
+how targets reach the loss, and a multi-label table trained through the CLI."""
 
 from __future__ import annotations
 
 import io
+import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import REPO
+from conftest import FAST, REPO, run_cli, run_dirs
+from src.data.tabular import CSVTable
 from src.trainer.tasks import TASKS, Task, task_class
 from src.trainer.tasks.classification import Classification
+from src.trainer.tasks.multilabel import Multilabel
 from src.trainer.tasks.regression import Regression
 from src.utils.errors import UserError
 
@@ -52,7 +56,23 @@ def test_regression_metrics() -> None:
     assert values == {"loss": 0.5, "mse": 1.0, "mae": 0.5, "r2": pytest.approx(1 - 4 / 5)}
 
 
-@pytest.mark.parametrize("task", [Classification(3), Regression(3)], ids=lambda t: t.name)
+def test_multilabel_metrics() -> None:
+    targets = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]])
+    outputs = torch.tensor(  # a logit above 0 predicts the label; the last label never occurs
+        [[2.0, -1, 3, -1], [-2, 1, 0.5, -1], [4, -3, -1, -1], [0.0, -1, -2, -3]]
+    )
+    values = run_batches(Multilabel(num_outputs=4).metrics(CPU), [(outputs[:3], targets[:3], 0.25), (outputs[3:], targets[3:], 0.5)])
+    # Samples 1 and 4 are exactly right (a logit of 0 is a sigmoid of 0.5: not predicted).
+    # Per label (TP, FP, FN): (2, 0, 0), (1, 0, 1), (1, 1, 0), and the last never occurs nor is predicted.
+    assert values == {
+        "loss": pytest.approx((0.25 * 3 + 0.5) / 4),
+        "exact_match": 0.5,
+        "micro_f1": pytest.approx(2 * 4 / (2 * 4 + 1 + 1)),
+        "macro_f1": pytest.approx((1 + 2 / 3 + 2 / 3) / 3),
+    }
+
+
+@pytest.mark.parametrize("task", [Classification(3), Regression(3), Multilabel(3)], ids=lambda t: t.name)
 def test_metrics_of_no_samples_are_nan(task: Task) -> None:
     values = task.metrics(CPU).compute()
     assert list(values) == task.metric_names() and all(math.isnan(v) for v in values.values())
@@ -66,6 +86,7 @@ def random_batches(task: Task, count: int, size: int = 8) -> list[tuple[torch.Te
         targets = {
             "classification": torch.randint(task.num_outputs, (size,), generator=g),
             "regression": torch.randn(size, task.num_outputs, generator=g),
+            "multilabel": torch.randint(2, (size, task.num_outputs), generator=g).float(),
         }[task.name]
         batches.append((outputs, targets, torch.rand((), generator=g).item()))
     return batches
@@ -99,10 +120,13 @@ def test_targets_reach_the_loss_in_the_form_it_takes() -> None:
     column = torch.randn(4, 1)
     values = torch.randn(4)
     assert torch.equal(Regression(1).loss(nn.L1Loss())(column, values), F.l1_loss(column, values.view(4, 1)))
+    labels = torch.tensor([[1, 0, 1], [0, 0, 1], [1, 1, 1], [0, 0, 0]])  # integer multi-hot rows work too
+    bce = Multilabel(3).loss(nn.BCEWithLogitsLoss())
+    assert torch.equal(bce(outputs, labels), F.binary_cross_entropy_with_logits(outputs, labels.float()))
 
 
 def test_an_unknown_task_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(UserError, match="data.task='ranking': expected one of classification, regression"):
+    with pytest.raises(UserError, match="data.task='ranking': expected one of classification, regression, multilabel"):
         task_class("ranking")
 
 
@@ -110,3 +134,49 @@ def test_the_config_checks_import_no_torch() -> None:
     code = "import sys; import src.utils.config, src.trainer.tasks; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def write_multilabel_csv(path: Path, rows: int = 300) -> Path:
+    """Labels a, b, c of four features: f1 > 0, f2 + f3 > 0, f4 > 0.5 (linearly separable)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 4))
+    labels = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0, x[:, 3] > 0.5], axis=1).astype(int)
+    lines = ["f1,f2,f3,f4,a,b,c"] + [",".join([*(f"{v:.4f}" for v in row), *map(str, y)]) for row, y in zip(x, labels)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_multilabel_table_takes_0_or_1_per_label(tmp_path: Path) -> None:
+    table = write_multilabel_csv(tmp_path / "labels.csv", rows=20)
+    data = CSVTable(str(table), target=["a", "b", "c"], task="multilabel", test_split=0.0)
+    assert data.targets.shape == (20, 3) and data.targets.dtype == torch.float32
+    assert set(data.targets.unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(UserError, match="the label column 'f4' holds .*, but multilabel targets are 0 or 1"):
+        CSVTable(str(table), target=["a", "f4"], task="multilabel")
+
+
+def test_a_linear_model_learns_a_multilabel_table(tmp_path: Path) -> None:
+    table = write_multilabel_csv(tmp_path / "labels.csv")
+    result = run_cli(
+        "train.py", "data=csv", f"data.path={table}", "data.target=[a,b,c]", "data.task=multilabel", "loss=bce",
+        "model=linear", "optimizer.lr=0.1", "trainer.epochs=10", "trainer.monitor=val/exact_match", "trainer.mode=max",
+        *FAST, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    test = json.loads((run_dir / "metrics.json").read_text())["test"]
+    assert set(test) == {"test/loss", "test/exact_match", "test/micro_f1", "test/macro_f1"}
+    assert test["test/exact_match"] >= 0.85 and test["test/macro_f1"] >= 0.9
+
+    result = run_cli("test.py", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((run_dir / "checkpoints" / "best.test.json").read_text())
+    assert record["metrics"] == test and "confusion_matrix" not in record
+
+
+def test_a_multilabel_table_with_a_class_index_loss_says_which_loss_to_use(tmp_path: Path) -> None:
+    table = write_multilabel_csv(tmp_path / "labels.csv", rows=20)
+    result = run_cli("train.py", "data=csv", f"data.path={table}", "data.target=[a,b,c]", "data.task=multilabel", *FAST, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data.task=multilabel, but the loss torch.nn.CrossEntropyLoss" in result.stderr and "add loss=bce" in result.stderr
+    assert run_dirs(tmp_path) == []

@@ -22,8 +22,8 @@ class CSVTable(Dataset):
 
     Inputs are the `features` columns (all but the targets when null) as float32;
     the `task` (`data.task`) makes the targets of the `target` columns: e.g. integer
-    class indices below `num_classes` for classification, floats for regression. The
-    file is split into train and test rows by `test_split`
+    class indices below `num_classes` for classification, floats for regression, 0/1
+    rows for multilabel. The file is split into train and test rows by `test_split`
     with `split_seed`; the validation split is carved out of the train rows later.
     `data` (N, F) and `targets` hold the rows of the requested split.
     """

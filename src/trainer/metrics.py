@@ -193,3 +193,41 @@ class RegressionMetrics(SummedMetrics):
         *values, samples = torch.cat([*means, total_count]).tolist()
         return dict(zip(self.names, values if samples else [math.nan] * len(values)))
 
+
+class MultilabelMetrics(SummedMetrics):
+    """Mean loss, exact-match accuracy, micro and macro F1 of multi-hot targets, from
+    per-label counts on the device. A label is predicted when its output (a logit) is
+    above 0, i.e. its sigmoid above 0.5. Macro F1 averages the labels that occur or are
+    predicted at all (the F1 of a label with neither is undefined); with no such label
+    it and micro F1 are nan. `names` gives the four names."""
+
+    def __init__(self, num_labels: int, device: torch.device, names: list[str]) -> None:
+        counts = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=device)  # noqa: E731
+        # Samples with every label right; per label: true and false positives, false negatives.
+        sums = {"exact": counts(()), "true_pos": counts(num_labels), "false_pos": counts(num_labels), "false_neg": counts(num_labels)}
+        super().__init__(device, names, sums)
+
+    def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        """Add one batch (`outputs` and `loss` detached, as for ClassificationMetrics)."""
+        self._add_loss(loss, targets.shape[0])
+        predicted, truth = outputs > 0, targets > 0.5
+        self.sums["exact"].add_((predicted == truth).all(dim=1).sum())
+        self.sums["true_pos"].add_((predicted & truth).sum(dim=0))
+        self.sums["false_pos"].add_((predicted & ~truth).sum(dim=0))
+        self.sums["false_neg"].add_((~predicted & truth).sum(dim=0))
+
+    def compute(self) -> dict[str, float]:
+        """The metrics over every rank's batches under torchrun (nan without any sample)."""
+        device = self.loss_sum.device
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=device)
+        parts = [self.loss_sum.double().view(1), *(v.double().view(-1) for v in self.sums.values()), count]
+        loss_sum, exact, true_pos, false_pos, false_neg, total_count = sum_across_ranks(torch.cat(parts)).split([len(p) for p in parts])
+        # F1 = 2TP / (2TP + FP + FN), which is 2PR / (P + R); 0/0 where a label never occurs nor is predicted.
+        denominators = 2 * true_pos + false_pos + false_neg
+        defined = denominators > 0
+        per_label = torch.where(defined, 2 * true_pos / denominators, 0.0)
+        macro = per_label.sum() / defined.sum()
+        micro = 2 * true_pos.sum() / denominators.sum()
+        n = total_count.clamp_min(1)
+        *values, samples = torch.cat([loss_sum / n, exact / n, micro.view(1), macro.view(1), total_count]).tolist()
+        return dict(zip(self.names, values if samples else [math.nan] * len(values)))

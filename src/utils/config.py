@@ -327,6 +327,12 @@ def shared_override_keys(overrides: list[str]) -> list[str]:
     return [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if not o.is_sweep_override()]
 
 
+def num_columns(columns: Any) -> int:
+    """Resolver for a table's default `data.num_outputs`: how many columns `data.target`
+    names (one name, or a list of names)."""
+    return len(columns) if isinstance(columns, (list, ListConfig)) else 1
+
+
 def register_resolvers() -> None:
     resolvers = {
         "run_dir": run_dir,
@@ -335,6 +341,7 @@ def register_resolvers() -> None:
         "job_dirname": job_dirname,
         "repo_path": repo_path,
         "eval_dirname": eval_dirname,
+        "num_columns": num_columns,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -29,10 +29,11 @@ from omegaconf import DictConfig
 
 from src.trainer.tasks.base import Extra, Metrics, Task
 from src.trainer.tasks.classification import Classification
+from src.trainer.tasks.multilabel import Multilabel
 from src.trainer.tasks.regression import Regression
 from src.utils.errors import UserError
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (Classification, Regression)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (Classification, Regression, Multilabel)}
 
 
 def task_class(name: str) -> type[Task]:
