@@ -19,6 +19,7 @@ from src.data.synthetic import SyntheticImages
 from src.models.mlp import MLP
 from src.trainer import trainer as trainer_module
 from src.trainer.progress import NoProgress, RichProgress
+from src.trainer.tasks.classification import Classification
 
 CPU = torch.device("cpu")
 
@@ -66,7 +67,7 @@ def test_an_epoch_shows_its_training_then_its_validation(tmp_path: Path, monkeyp
         scheduler=None,
         data=DataSplits(train=train, val=val, test=None, in_memory=True),
         cfg=trainer_cfg("trainer.epochs=1", "trainer.monitor=val/loss"),
-        num_outputs=10,
+        task=Classification(10),
         device=CPU,
         run_dir=tmp_path,
     )
