@@ -111,7 +111,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         run_info=run_info,
         callbacks=callbacks,
         loggers=build_loggers(cfg.get("logger"), run_dir),
-        sweep_resume_command=resume_command(HydraConfig.get()) if HydraConfig.get().mode == RunMode.MULTIRUN else None,
+        resume_command=resume_command(HydraConfig.get()) if HydraConfig.get().mode == RunMode.MULTIRUN else None,
     )
     try:
         if state is not None:
@@ -123,7 +123,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         with StopRequest() as stop:
             test = evaluate(trainer.eval_forward, data.test, task.metrics(device), stop=stop).compute()
         if stop.signum:
-            raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt", trainer.resume_command())
+            raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt", trainer.resume_command)
         test = {f"test/{k}": v for k, v in test.items()}
         if distributed.is_rank_zero():
             _write_results(cfg, trainer, test, run_dir, time.time() - started)
@@ -146,7 +146,7 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
     except OSError as err:
         done = f"Training and the test finished ({trainer.monitor} best {trainer.best_metric:.4f} at epoch {trainer.best_epoch}; test {test}). "
         reason = err.strerror or str(err)
-        raise stops.not_written(str(run_dir / "metrics.json"), reason, trainer.checkpoint_dir, trainer.resume_command(), done) from None
+        raise stops.not_written(str(run_dir / "metrics.json"), reason, trainer.checkpoint_dir, trainer.resume_command, done) from None
     final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
     trainer.loggers.log_hyperparams(hyperparameters(cfg, trainer.run_info.choices), final, trainer.step)
     trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")

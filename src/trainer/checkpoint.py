@@ -183,11 +183,11 @@ class CheckpointFolder:
     how many epoch files it keeps. Only rank 0 writes; every rank waits for it."""
 
     def __init__(
-        self, folder: Path, every_n_epochs: int = 0, keep_last_k: int | None = None, resume_command: Callable[[], str] | None = None
+        self, folder: Path, every_n_epochs: int = 0, keep_last_k: int | None = None, resume_command: str | None = None
     ) -> None:
         self.folder, self.every_n_epochs, self.keep_last_k = folder, every_n_epochs, keep_last_k
         # What a full disk's message tells the user to run once there is room.
-        self.resume_command = resume_command or (lambda: f"python train.py resume={folder / 'last.pt'}")
+        self.resume_command = resume_command or f"python train.py resume={folder / 'last.pt'}"
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files left by a process killed in the middle of a save."""
@@ -213,7 +213,7 @@ class CheckpointFolder:
             try:
                 save_checkpoint(state, *paths)
             except OSError as err:  # a full or read-only disk: each file is whole, old or new
-                raise stops.not_written(f"a checkpoint in {self.folder}", err.strerror or str(err), self.folder, self.resume_command()) from None
+                raise stops.not_written(f"a checkpoint in {self.folder}", err.strerror or str(err), self.folder, self.resume_command) from None
         distributed.barrier()
 
 

@@ -3,6 +3,8 @@ the RunStopped the loop raises; the run folder and its checkpoints are kept."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 from src.utils.errors import RunStopped
@@ -24,6 +26,15 @@ def non_finite_loss(value: float, step: int, epoch: int, batch: int, checkpoints
         f"optimizer.lr, trainer.gradient_clip_val, or trainer.detect_anomaly=true to find the operation that produced it.",
         exit_code=1,
     )
+
+
+def check_validation_is_finite(metrics: dict[str, float], names: tuple[str, ...], epoch: int, on_disk: Callable[[], str]) -> None:
+    """A nan or inf validation loss or monitored metric (`names`) means the model diverged:
+    such an epoch never counts as an improvement, so the first would leave no best.pt to
+    test. (Other metrics may be nan by definition, such as R² of constant targets.)"""
+    for name, value in metrics.items():
+        if name in names and not math.isfinite(value):
+            raise non_finite_validation(name, value, epoch, on_disk())
 
 
 def non_finite_validation(name: str, value: float, epoch: int, checkpoints: str) -> RunStopped:

@@ -25,7 +25,7 @@ from src.trainer import ddp, stops
 from src.trainer.checkpoint import CheckpointFolder, RunInfo, TrainingState
 from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
-from src.trainer.forward import ForwardPass, to_memory_format, use_channels_last
+from src.trainer.forward import ForwardPass, use_channels_last
 from src.trainer.loss_log import PendingLosses
 from src.trainer.images import image_grid
 from src.trainer.loggers import Loggers
@@ -62,7 +62,7 @@ class Trainer:
         run_info: RunInfo | None = None,
         callbacks: Callbacks | None = None,
         loggers: Loggers | None = None,
-        sweep_resume_command: str | None = None,
+        resume_command: str | None = None,
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.data, self.cfg, self.device = data, cfg, device
@@ -74,11 +74,9 @@ class Trainer:
         channels_last = use_channels_last(model, cfg.channels_last, data.input_shape, device, self.precision)
         # Loss scaling is only needed for float16; disabled, the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
-        # Under torchrun the training forward goes through DistributedDataParallel, which
-        # averages the gradients of all ranks; evaluation uses the bare model, each rank
-        # on its own share of the batches. Checkpoints always come from `model`, so they
-        # never carry a `module.` or torch.compile `_orig_mod.` prefix, and load in one
-        # process, without compile.
+        # Under torchrun, training goes through DDP (averaged gradients) and evaluation uses
+        # the bare model on each rank's share. Checkpoints always come from `model`: no
+        # `module.` or torch.compile `_orig_mod.` prefix, loadable in one process.
         self.distributed = distributed.is_distributed()
         self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if self.distributed else None
         trained = torch.compile(self.ddp or model) if cfg.compile else (self.ddp or model)
@@ -87,10 +85,11 @@ class Trainer:
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
+        # What the stop messages tell the user to run (a sweep job continues with its sweep).
+        launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
+        self.resume_command = resume_command or f"{launch} train.py resume={self.checkpoint_dir / 'last.pt'}"
         self.checkpoints = CheckpointFolder(self.checkpoint_dir, cfg.save_every_n_epochs, cfg.keep_last_k, self.resume_command)
         self.loggers = loggers if loggers is not None else Loggers()
-        # A sweep's job continues with its sweep (`resume=<job folder>/...` would not parse).
-        self.sweep_resume_command = sweep_resume_command
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -106,10 +105,6 @@ class Trainer:
         self.losses = PendingLosses()
         self.first_step_logged = False
         self.epoch_first_step = 0  # the global step count when the current epoch began
-
-    @property
-    def channels_last(self) -> bool:
-        return self.train_forward.channels_last
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
@@ -130,7 +125,7 @@ class Trainer:
                 # agreement a guarantee rather than a property of the reduction.
                 metrics = distributed.broadcast(metrics)
                 self.callbacks.call("on_validation_end", self, metrics)
-                self._stop_on_non_finite_validation(metrics)
+                stops.check_validation_is_finite(metrics, ("val/loss", self.monitor), self.epoch + 1, self._on_disk)
                 self.epoch += 1
                 self._end_epoch(metrics, lr, time.perf_counter() - started)
                 if self._signalled():
@@ -215,7 +210,7 @@ class Trainer:
         if not self.first_step_logged:
             self.first_step_logged = True
             log.info(f"first optimizer step done; {len(self.data.train)} batches per epoch")  # type: ignore[arg-type]
-            self._log_inputs(inputs)
+            self.loggers.log_inputs(self.model, inputs, self.step, images=self.cfg.log_images, graph=self.cfg.log_graph)
         if self.step % int(self.cfg.log_every_n_steps) == 0:
             value = self._read_losses(batch)  # the loop's only sync, every N steps
             self.loggers.log_metrics({"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
@@ -226,7 +221,7 @@ class Trainer:
         if self.data.val is None:
             return {}
         ddp.sync_buffers(self.model)
-        forward = self.eval_forward if model is None else ForwardPass(model, self.loss_fn, self.device, self.channels_last, self.precision)
+        forward = self.eval_forward if model is None else ForwardPass(model, self.loss_fn, self.device, self.eval_forward.channels_last, self.precision)
         progress = progress or NoProgress()
         progress.start("validating", total=len(self.data.val), batch_size=self.data.val.batch_size)
         metrics = evaluate(forward, self.data.val, self.task.metrics(self.device), progress=progress)
@@ -259,20 +254,9 @@ class Trainer:
         for i, value in enumerate(values):
             if not math.isfinite(value):
                 bad = batch - len(values) + 1 + i
-                raise stops.non_finite_loss(value, self.step_of(bad), self.epoch + 1, bad + 1, self._on_disk())
+                step = self.epoch_first_step + bad // int(self.cfg.accumulate_grad_batches) + 1
+                raise stops.non_finite_loss(value, step, self.epoch + 1, bad + 1, self._on_disk())
         return sum(values) / len(values)
-
-    def _stop_on_non_finite_validation(self, metrics: dict[str, float]) -> None:
-        """A nan or inf validation loss or monitored metric means the model diverged: such
-        an epoch never counts as an improvement, so the first would leave no best.pt to
-        test. (Other metrics may be nan by definition, such as R² of constant targets.)"""
-        for name, value in metrics.items():
-            if name in ("val/loss", self.monitor) and not math.isfinite(value):
-                raise stops.non_finite_validation(name, value, self.epoch + 1, self._on_disk())
-
-    def step_of(self, batch: int) -> int:
-        """The optimizer step (1-based, global) that batch `batch` of this epoch belongs to."""
-        return self.epoch_first_step + batch // int(self.cfg.accumulate_grad_batches) + 1
 
     def _on_disk(self) -> str:
         return stops.on_disk(self.checkpoint_dir, self.epoch, self.best_epoch)
@@ -289,23 +273,9 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
         self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
         name = signal.Signals(self.stopping).name
-        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, self.resume_command())
-
-    def resume_command(self) -> str:
-        """The command that continues this run from its last.pt."""
-        if self.sweep_resume_command:
-            return self.sweep_resume_command
-        launch = f"torchrun --nproc_per_node={self.world_size}" if self.distributed else "python"
-        return f"{launch} train.py resume={self.checkpoint_dir / 'last.pt'}"
+        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, self.resume_command)
 
     # ------------------------------------------------------------------ outputs
-    def _log_inputs(self, inputs: torch.Tensor) -> None:
-        """Once per run: an image grid of the first batch and, on request, the graph."""
-        if self.cfg.log_images and inputs.ndim == 4 and inputs.shape[1] in (1, 3):
-            self.loggers.log_image("train/first_batch", image_grid(inputs), self.step)
-        if self.cfg.log_graph:
-            self.loggers.log_graph(self.model, to_memory_format(inputs[:1], self.channels_last))
-
     def _log_epoch(self, improved: bool) -> None:
         record = self.history[-1]
         metrics = {k: v for k, v in record.items() if "/" in k}

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from src.trainer.images import image_grid
+
 log = logging.getLogger(__name__)
 
 
@@ -121,6 +123,13 @@ class Loggers:
     def log_hyperparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int) -> None:
         for logger in self.loggers.values():
             logger.log_hyperparams(params, metrics, step)
+
+    def log_inputs(self, model: nn.Module, inputs: torch.Tensor, step: int, images: bool, graph: bool) -> None:
+        """Once per run: an image grid of the first training batch and, on request, the model graph."""
+        if images and inputs.ndim == 4 and inputs.shape[1] in (1, 3):
+            self.log_image("train/first_batch", image_grid(inputs), step)
+        if graph:
+            self.log_graph(model, inputs[:1])
 
     def log_graph(self, model: nn.Module, example_inputs: torch.Tensor) -> None:
         for logger in self._having("log_graph", "trainer.log_graph=true"):
