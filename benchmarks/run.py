@@ -130,7 +130,7 @@ def overhead(make_model, images, targets, device: torch.device, steps: int, roun
             return trainer.step - before
 
         loops = {
-            "hand": lambda: hand_written_epoch(hand_model, trainer.optimizer, batches, trainer.channels_last),
+            "hand": lambda: hand_written_epoch(hand_model, trainer.optimizer, batches, trainer.train_forward.channels_last),
             "trainer": trainer_epoch,
         }
         taken = {"hand": 0, "trainer": 0}
