@@ -22,6 +22,7 @@ from src.train import build_loggers
 from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
+from src.trainer.stored_config import without_downloads
 from src.trainer.tasks import Extra, get_task
 from src.utils.build import build
 from src.utils.config import flatten, validate_data_config
@@ -98,7 +99,7 @@ def _data_config(cfg: DictConfig, trained: DictConfig, data_chosen: bool, path: 
     if data_chosen:
         data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     else:
-        data_cfg = OmegaConf.create(OmegaConf.to_container(trained.data))
+        data_cfg = without_downloads(OmegaConf.create(OmegaConf.to_container(trained.data)))
         for key, value in flatten(cfg.get("data") or {}):
             _override_stored(data_cfg, key, value, path)
     validate_data_config(OmegaConf.create({"data": data_cfg}))

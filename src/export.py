@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.data.builder import build_data
+from src.trainer.stored_config import without_downloads
 from src.inference import Predictor, load_for_inference
 from src.utils.config import EXPORT_SUFFIXES
 from src.utils.console import logging_to
@@ -157,9 +158,7 @@ def _export(cfg: DictConfig) -> Path:
 def check_inputs(predictor: Predictor) -> tuple[torch.Tensor, str]:
     """CHECK_BATCH model inputs (normalised) to compare the export on, and what they
     are: samples of the run's test split when it can be loaded here, else random."""
-    data_cfg = OmegaConf.merge(predictor.config.data, {"eval_batch_size": CHECK_BATCH, "num_workers": 0})
-    if "download" in data_cfg.dataset:
-        data_cfg.dataset.download = False  # a check must not fetch a dataset
+    data_cfg = without_downloads(OmegaConf.merge(predictor.config.data, {"eval_batch_size": CHECK_BATCH, "num_workers": 0}))
     try:
         data = build_data(data_cfg, torch.device("cpu"), seed=predictor.config.seed, splits=("test",), stats=predictor.data_stats)
         inputs, _ = next(iter(data.test))  # type: ignore[arg-type]

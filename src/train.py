@@ -33,7 +33,7 @@ from src.utils.build import build
 from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
 from src.utils.console import logging_to, show
 from src.utils.device import resolve_device, set_thread_share
-from src.utils.errors import RunStopped, UserError, one_line
+from src.utils.errors import RunStopped
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary

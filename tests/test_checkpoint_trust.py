@@ -241,3 +241,19 @@ def test_test_py_prints_results_it_cannot_save_beside_the_checkpoint(tmp_path: P
     output = result.stdout + result.stderr
     assert "Could not write" in output and "last.test.json" in output and "Traceback" not in output
     assert sorted(p.name for p in folder.iterdir()) == sorted(["last.pt"] + (["last.test.json"] if os.geteuid() == 0 else []))
+
+
+def test_a_checkpoint_never_chooses_where_logs_go_or_what_is_downloaded(tmp_path: Path, checkpoint: Path) -> None:
+    # Classes of the right kind, with arguments that would write outside the run: a CSV
+    # logger rewriting a file of yours, and a dataset downloading into a folder of its choice.
+    victim = tmp_path / "precious.txt"
+    victim.write_text("precious user data\n")
+    logger = {"logger.csv": {"_target_": "src.trainer.loggers.csv_file.CSVLogger", "filename": str(victim)}}
+    resumed = run_cli("train.py", f"resume={tamper(checkpoint, tmp_path / 'logger.pt', logger)}", "trainer.epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert victim.read_text() == "precious user data\n", "a resume logs to its own command line's loggers"
+
+    download = {"data.dataset": {"_target_": "torchvision.datasets.FashionMNIST", "root": str(tmp_path / "pwned"), "download": True}}
+    evaluated = run_cli("test.py", f"checkpoint={tamper(checkpoint, tmp_path / 'download.pt', download)}", "device=cpu", cwd=tmp_path)
+    assert evaluated.returncode == 2 and "Traceback" not in evaluated.stderr
+    assert not (tmp_path / "pwned").exists(), "a checkpoint never downloads"

@@ -110,12 +110,27 @@ def test_a_run_name_cannot_leave_saved(tmp_path: Path, override: str, message: s
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "work"], "nothing was created anywhere"
 
 
-def test_run_dir_that_is_a_file_gets_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("under", ["", "sub"], ids=["the-file", "a-folder-under-it"])
+def test_run_dir_that_is_a_file_gets_a_clear_error(tmp_path: Path, under: str) -> None:
     file = tmp_path / "results.txt"
     file.write_text("keep me")
-    result = run_cli("train.py", *TINY, f"hydra.run.dir={file}", cwd=tmp_path)
+    result = run_cli("train.py", *TINY, f"hydra.run.dir={file / under if under else file}", cwd=tmp_path)
     assert result.returncode == 2 and "is a file, not a folder" in result.stderr and "Traceback" not in result.stderr
     assert file.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("script", ["train.py", "test.py"])
+def test_a_folder_holding_a_runs_files_is_refused_not_overwritten(tmp_path: Path, finished_run: Path, script: str) -> None:
+    # Even a run that would stop early (a NaN writes metrics.json) never gets to write there.
+    mine = tmp_path / "results"
+    (mine / ".hydra").mkdir(parents=True)
+    (mine / ".hydra" / "config.yaml").write_text("my config\n")
+    (mine / "metrics.json").write_text("{}\n")
+    before = tree(mine)
+    args = [*TINY, "optimizer.lr=1e30"] if script == "train.py" else [f"checkpoint={finished_run / 'checkpoints' / 'best.pt'}", "device=cpu"]
+    result = run_cli(script, *args, f"hydra.run.dir={mine}", cwd=tmp_path)
+    assert result.returncode == 2 and "already holds a run's files (.hydra, metrics.json)" in result.stderr
+    assert tree(mine) == before
 
 
 def test_mid_epoch_resume_refuses_another_batch_order_or_split(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.trainer.stored_config import without_downloads
 from src.utils import distributed
 from src.utils.errors import UserError, one_line
 from src.utils.io import atomic_write
@@ -33,14 +34,15 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
     saved = OmegaConf.create(state["config"])
     saved_choices = state.get("choices", {})
     merged = OmegaConf.create(OmegaConf.to_container(saved))
+    without_downloads(merged.data)
     # Trainer keys newer than the checkpoint take their defaults.
     merged.trainer = OmegaConf.merge(cfg.trainer, saved.get("trainer", {}))
     parsed = OverridesParser.create().parse_overrides(overrides)
-    # Loggers hold no training state, so a resume may choose others
-    # (logger=[tensorboard,mlflow]); a checkpoint from before loggers were a config
-    # group gets the default.
-    if "logger" not in saved or any(override.key_or_group == "logger" for override in parsed):
-        merged.logger = cfg.get("logger") or {}
+    # Loggers hold no training state, and their arguments say where to write (files,
+    # tracking servers): a checkpoint is data, so a resume logs to the loggers its own
+    # command line names (the default, or logger=[tensorboard,mlflow]); their run ids
+    # still come from the checkpoint.
+    merged.logger = cfg.get("logger") or {}
     for override in parsed:
         key = override.key_or_group
         if key in ("resume", "logger") or key.startswith("hydra"):
@@ -188,13 +190,8 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig
 
 
 def vouched_targets(cfg: DictConfig) -> dict[str, str]:
-    """The callbacks' and loggers' `_target_`s a config names, by place ("callbacks.NAME")."""
-    return {
-        f"{section}.{name}": str(node.get("_target_"))
-        for section in ("callbacks", "logger")
-        for name, node in (cfg.get(section) or {}).items()
-        if node
-    }
+    """The callbacks' `_target_`s a config names, by place ("callbacks.NAME")."""
+    return {f"callbacks.{name}": str(node.get("_target_")) for name, node in (cfg.get("callbacks") or {}).items() if node}
 
 
 def _own_rank_state(state: dict[str, Any], path: Path, world_size: int) -> dict[str, Any]:

@@ -31,7 +31,6 @@ from torch import nn, optim
 from torch.utils.data import Dataset
 
 from src.trainer.callbacks import Callback
-from src.trainer.loggers import LoggerBase
 from src.utils.errors import UserError, one_line
 
 
@@ -53,9 +52,10 @@ NESTED = Kind("an nn.Module or Dataset class", (nn.Module, Dataset))
 # A plain class with hooks is a callback (or a logger) in your own configs; one named by
 # a checkpoint must say it is one.
 CALLBACK = Kind("a subclass of src.trainer.callbacks.Callback", (Callback,))
-LOGGER = Kind("a subclass of src.trainer.loggers.LoggerBase", (LoggerBase,))
 # Sections only a resume builds, with the kind of each of their entries.
-RESUME_ONLY = {"callbacks": CALLBACK, "logger": LOGGER}
+RESUME_ONLY = {"callbacks": CALLBACK}
+# Never built from a checkpoint: a resume logs to the loggers its command line names.
+NEVER_BUILT = ("logger",)
 
 # The places the entry points build from, and the kind each one's `_target_` must be.
 PLACES: dict[tuple[str, ...], Kind] = {
@@ -75,11 +75,10 @@ RULE = (
     "A checkpoint is data: its config may only name, at each place, a class of the kind that place "
     "expects (model and loss: nn.Module; optimizer: torch.optim.Optimizer; scheduler: an LR scheduler; "
     "data.dataset: a torch Dataset; data.transforms: torchvision transforms; callbacks.<name>: a "
-    "src.trainer.callbacks.Callback; logger.<name>: a src.trainer.loggers.LoggerBase; anything nested in "
-    "them: nn.Module or Dataset), from torch, torchvision, this project's src, another installed package or "
-    "your PYTHONPATH, never the standard library. Nothing from this checkpoint was built or called. A callback "
-    "or logger of your own that is a plain class is built on resume when your command line names it again "
-    "(+callbacks.NAME._target_=..., logger=...)."
+    "src.trainer.callbacks.Callback; anything nested in them: nn.Module or Dataset), from torch, torchvision, "
+    "this project's src, another installed package or your PYTHONPATH, never the standard library. Nothing from "
+    "this checkpoint was built or called. A callback of your own that is a plain class is built on resume when "
+    "your command line names it again (+callbacks.NAME._target_=...)."
 )
 
 
@@ -87,11 +86,12 @@ def check_stored_config(cfg: DictConfig, path: Path, vouched: Mapping[str, str] 
     """Refuse (UserError naming the place and the value) a stored config with an
     interpolation or a `_target_` that is not a class of the kind its place expects.
 
-    Callbacks and loggers are built from a stored config only by a resume, which passes
-    `vouched` (else they are not checked): it maps places such as "callbacks.mine" to the
-    `_target_` your own config names there. A callback or logger may be any class, so a
-    checkpoint's one that is no `Callback` (`LoggerBase`) subclass is built only when your
-    command line names it too (`resume=... +callbacks.mine._target_=my_package.Mine`)."""
+    Loggers are never built from a stored config (a resume uses its command line's).
+    Callbacks are built from one only by a resume, which passes `vouched` (else they are
+    not checked): it maps places such as "callbacks.mine" to the `_target_` your own
+    config names there. A callback may be any class, so a checkpoint's one that is no
+    `Callback` subclass is built only when your command line names it too
+    (`resume=... +callbacks.mine._target_=my_package.Mine`)."""
     tree = OmegaConf.to_container(cfg, resolve=False)
     for place, value in _walk(tree, ()):
         if isinstance(value, str) and "${" in value:
@@ -101,6 +101,8 @@ def check_stored_config(cfg: DictConfig, path: Path, vouched: Mapping[str, str] 
                 f"environment variables or run this project's resolvers. Use a checkpoint written by train.py."
             )
         if place and place[-1] == "_target_":
+            if place[0] in NEVER_BUILT:
+                continue
             if place[0] in RESUME_ONLY and (vouched is None or vouched.get(_dotted(place[:-1])) == value):
                 continue
             kind = _kind(place[:-1])
@@ -178,3 +180,12 @@ def _dotted(place: tuple[str | int, ...]) -> str:
         text += f"[{key}]" if isinstance(key, int) else f"{'.' if text else ''}{key}"
     return text
 
+
+
+def without_downloads(data: DictConfig) -> DictConfig:
+    """A stored data config that reads what is on disk but never downloads: a checkpoint
+    is data, and may not choose where this machine fetches files to. (`download=true` on
+    your own command line turns it back on.)"""
+    if OmegaConf.select(data, "dataset.download", default=None):
+        data.dataset.download = False
+    return data

@@ -27,7 +27,6 @@ from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
 from src.trainer.loss_log import PendingLosses
-from src.trainer.images import image_grid
 from src.trainer.loggers import Loggers
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import math
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -274,7 +275,8 @@ def output_subdir(resume: str | None) -> str | None:
     writes one (None: Hydra writes none)."""
     if not distributed.is_rank_zero():
         return None
-    return f".hydra/resume_{START_STAMP}" if resume else ".hydra"
+    # The pid too: two resumes of one run started in the same second must not share it.
+    return f".hydra/resume_{START_STAMP}_{os.getpid()}" if resume else ".hydra"
 
 
 def job_dirname(number: int, overrides: str) -> str:

@@ -15,6 +15,7 @@ with the first one named. The kernel drops the lock when its process ends, by
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import itertools
 import os
 import shutil
@@ -99,10 +100,21 @@ class RunFolder:
     def is_new(self) -> bool:
         return bool(self.created)
 
-    def check_writable(self) -> None:
-        """A clear error, before Hydra writes anything, for a folder that cannot be one."""
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"hydra.run.dir={str(self.path)!r} is a file, not a folder: name a folder (new or existing) for the run's output.")
+    def check_usable(self, resuming: bool) -> None:
+        """A clear error, before Hydra writes anything, for a folder that cannot be this
+        command's: a file (or a path under one), one that is not writable, or, unless this
+        is a resume of the run that lives there, one that already holds a run's files,
+        which this command would overwrite."""
+        existing = next(folder for folder in [self.path, *self.path.parents] if folder.exists())
+        if not existing.is_dir():
+            raise UserError(f"hydra.run.dir={str(self.path)!r}: {str(existing)!r} is a file, not a folder. Name a folder (new or existing) for the output.")
+        taken = sorted(name for name in self.entries_before if _is_run_entry(name))
+        if taken and not resuming:
+            raise UserError(
+                f"hydra.run.dir={str(self.path)!r} already holds a run's files ({', '.join(taken)}), which this command "
+                f"would overwrite. Name a new or empty folder, or leave hydra.run.dir to its default (a new folder under "
+                f"saved/); to continue that run, resume it: resume=<that folder>/checkpoints/last.pt."
+            )
         if not self.is_new and not os.access(self.path, os.W_OK | os.X_OK):
             raise UserError(
                 f"The run folder {str(self.path)!r} is not writable: this command writes its config snapshot, log and "
@@ -153,9 +165,9 @@ class RunFolder:
                     break
             return
         if holds_lock:
-            written = {path.name for pattern in RUN_ENTRY_PATTERNS for path in self.path.glob(pattern)}
-            for name in (set(RUN_ENTRIES) | written) - self.entries_before:
-                _remove(self.path / name)
+            for name in set(_names(self.path)) - self.entries_before:
+                if _is_run_entry(name):
+                    _remove(self.path / name)
         snapshot = Path(output_subdir) if output_subdir else None
         if snapshot is not None and snapshot.parent == Path(".hydra") and snapshot.name not in self.hydra_entries_before:
             _remove(self.path / snapshot)  # a resume's own config snapshot, .hydra/resume_<time>
@@ -190,7 +202,7 @@ class RunFolderCallback(Callback):
                 _set(config.hydra.run, "dir", _claim_on_rank_zero(str(config.hydra.run.dir)))
             _recorded = RunFolder.look_at(str(config.hydra.run.dir))
             if is_rank_zero():
-                _recorded.check_writable()
+                _recorded.check_usable(resuming=resume_folder(config.get("resume")) is not None)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)
@@ -266,6 +278,11 @@ def check_run_name(name: Any) -> None:
     text = str(name)
     if text in ("", ".", "..") or "/" in text or "\\" in text or "\0" in text:
         raise UserError(f"Invalid value name={text!r}: expected a folder name (no '/', not '.' or '..'); runs go to saved/runs/<name>/<time>/.")
+
+
+def _is_run_entry(name: str) -> bool:
+    """Whether `name`, at the top of a run folder, is something a run writes there."""
+    return name in RUN_ENTRIES or any(fnmatch.fnmatch(name, pattern) for pattern in RUN_ENTRY_PATTERNS)
 
 
 def _names(folder: Path) -> frozenset[str]:

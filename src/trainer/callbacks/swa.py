@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
 from torch.optim.swa_utils import AveragedModel, update_bn
 
 from src.trainer.callbacks import Callback

@@ -158,6 +158,12 @@ class Loggers:
         for name, logger in self.loggers.items():
             if isinstance(states.get(name), Mapping):
                 logger.load_state_dict(states[name])
+        left = [name for name, state in states.items() if name not in self.loggers and state]
+        if left:
+            log.warning(
+                f"The checkpoint's run also logged to {', '.join(left)}, which this resume does not: a resume logs to "
+                f"the loggers its own command line names. Add them (logger=[...]) to continue their records."
+            )
 
     def close(self) -> None:
         """Close every logger, even when one fails; then raise the first failure."""
