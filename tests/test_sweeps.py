@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from conftest import FAST, cli_env, load, run_cli, run_dirs, start_cli, wait_for_line, with_fault
 from src.utils import config as config_module
 from src.utils import run_folder
