@@ -68,14 +68,16 @@ if __name__ == "__main__":
         print(app_help("train.py", "train", overrides, "model=cnn data=mnist optimizer.lr=3e-4 trainer.epochs=5"))
         sys.exit(0)
     if launched_by_torchrun():
+        # Before Hydra: rank 0 names the run folder and the other ranks must hear it.
+        init_process_group()
         if {"-m", "--multirun"} & set(sys.argv[1:]):
             report_error(
                 "--multirun under torchrun would run the whole sweep in every process. Run the sweep with "
                 "plain python (hydra/launcher=slurm puts each job on its own GPU), or torchrun one run at a time."
             )
+            barrier()  # rank 0 has printed before any rank exits and torchrun stops the others
+            destroy_process_group()
             sys.exit(2)
-        # Before Hydra: rank 0 names the run folder and the other ranks must hear it.
-        init_process_group()
     # Under torchrun, ranks that finish or stop together also leave together: one that
     # tears down its connections while another still talks to it can abort. (After a
     # failure of one rank torchrun stops the others, so no rank waits for them.)
