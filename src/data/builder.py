@@ -1,7 +1,8 @@
 """Build the train/val/test batches a run iterates over, from the `data` config.
 
 The dataset class named by `data.dataset._target_` is called with `train=True` for the
-training set (the validation split is carved out of it with `data.split_seed`) and
+training set (the validation split is carved out of it with `data.split_seed`: a
+`data.val_split` fraction, or fold `data.fold` of `data.folds`) and
 `train=False` for the test set, the convention of torchvision's datasets. Datasets that
 expose uint8 `data` and `targets` (MNIST, FashionMNIST, CIFAR-10, synthetic) can take
 the in-memory path; any other map-style dataset goes through a DataLoader.
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 
 from src.data.bundled import MNIST_TARGET, unpack_mnist
 from src.data.batches import BatchAugment, InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
-from src.data.splits import seeded_split
+from src.data.splits import kfold_split, seeded_split
 from src.utils import distributed
 from src.utils.errors import UserError, one_line
 
@@ -72,7 +73,7 @@ def build_data(
         train_set = load_dataset(cfg, train=True) if needs_train else None
         test_set = load_dataset(cfg, train=False) if "test" in splits else None
     in_memory = _use_in_memory(cfg, [d for d in (train_set, test_set) if d is not None])
-    train_idx, val_idx = seeded_split(len(train_set), cfg.val_split, cfg.split_seed) if train_set is not None else (None, None)
+    train_idx, val_idx = train_and_val_indices(cfg, len(train_set)) if train_set is not None else (None, None)
     # An empty split would report metrics of nothing; say what to change instead.
     if train_set is not None:
         _check_train_and_val_sizes(cfg, len(train_set), len(train_idx), len(val_idx), splits, overfit_batches)
@@ -142,6 +143,22 @@ def _names(dataset: Any, attribute: str) -> list[str] | None:
     if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
         return list(names)
     return None
+
+
+def train_and_val_indices(cfg: DictConfig, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set's (training, validation) sample indices: with `data.folds`, fold
+    `data.fold` of a seeded K-fold split validates (cross-validation; `data.val_split` is
+    then not used), else a seeded `data.val_split` fraction does."""
+    folds = cfg.get("folds")
+    if not folds:
+        return seeded_split(num_samples, cfg.val_split, cfg.split_seed)
+    if 0 < num_samples < folds:
+        raise UserError(
+            f"data.folds={folds} is more than the {num_samples} training sample(s) of data={cfg.name}: some folds "
+            f"would be empty. Use at most data.folds={num_samples}, or more data."
+        )
+    log.info(f"Cross-validation: fold {cfg.fold} of data.folds={folds} is the validation split (data.val_split is not used)")
+    return kfold_split(num_samples, folds, cfg.fold, cfg.split_seed)
 
 
 def _check_train_and_val_sizes(

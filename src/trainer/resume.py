@@ -73,7 +73,7 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
 
 # What decides which samples are validation samples: changed on resume, the new
 # validation set would hold samples the model was trained on.
-SPLIT_KEYS = ("data.val_split", "data.split_seed")
+SPLIT_KEYS = ("data.val_split", "data.split_seed", "data.folds", "data.fold")
 # What decides the batches of an epoch: a mid-epoch position means nothing without them.
 ORDER_KEYS = ("data.batch_size", "seed")
 

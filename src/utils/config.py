@@ -87,6 +87,7 @@ def validate_data_config(cfg: DictConfig) -> None:
     _check(cfg, "data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0")
     _check(cfg, "data.val_split", lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)")
     _check(cfg, "data.in_memory", lambda v: v in ("auto", True, False), "auto, true or false")
+    _check_folds(cfg)
     for key in ("path", "target", "root", "num_classes"):
         if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
             raise UserError(f"data={cfg.data.name} needs data.{key}=... on the command line (see configs/data/{cfg.data.name}.yaml).")
@@ -101,6 +102,29 @@ def validate_data_config(cfg: DictConfig) -> None:
     )
     for key in ("data.mean", "data.std"):
         _check(cfg, key, lambda v: isinstance(v, ListConfig) and all(_is_number(x) for x in v), "a list of numbers, or null", optional=True)
+
+
+def _check_folds(cfg: DictConfig) -> None:
+    """Cross-validation takes both data.folds=K and data.fold=i (the fold that validates)."""
+    folds, fold = cfg.data.get("folds"), cfg.data.get("fold")
+    _check(cfg, "data.folds", lambda v: _is_int(v, 2), "an integer >= 2 (how many folds to cross-validate over), or null", optional=True)
+    if folds is None and fold is not None:
+        raise UserError(
+            f"data.fold={fold!r} needs data.folds, the number of folds: e.g. data.folds=5 data.fold={fold}. "
+            f"Without data.folds, leave data.fold out (the validation split is then a data.val_split fraction)."
+        )
+    if folds is not None and fold is None:
+        raise UserError(
+            f"data.folds={folds} needs data.fold, the fold that validates (0 to {folds - 1}): e.g. data.fold=0, "
+            f"or all {folds} folds with `python train.py -m data.folds={folds} 'data.fold=range({folds})'`."
+        )
+    if folds is not None:
+        _check(cfg, "data.fold", lambda v: _is_int(v, 0) and v < folds, f"an integer from 0 to {folds - 1} (a fold of data.folds={folds})")
+
+
+def has_validation(data: DictConfig) -> bool:
+    """Whether a run validates: on a fold (data.folds) or on a data.val_split fraction."""
+    return bool(data.get("folds")) or data.val_split > 0
 
 
 def check_loggers(cfg: DictConfig) -> None:
@@ -122,10 +146,10 @@ def _check_monitor(cfg: DictConfig) -> None:
     monitor = cfg.trainer.monitor
     task = get_task(cfg.data)
     choices = [f"train/{name}" for name in task.metric_names(training=True)]
-    if cfg.data.val_split > 0:
+    if has_validation(cfg.data):
         choices += [f"val/{name}" for name in task.metric_names()]
     if monitor not in choices:
-        why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and cfg.data.val_split == 0 else ""
+        why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and not has_validation(cfg.data) else ""
         raise UserError(f"Invalid value trainer.monitor={monitor!r}{why}: expected one of {', '.join(choices)}.")
 
 

@@ -5,7 +5,11 @@ Every job folder holds a metrics.json: the run writes it when it finishes, or st
 an error such as a NaN (`status: failed`, with its history), and `run_sweep_job` writes
 one with `status: failed` for any other job that raised. The summary
 reads those files, so it works the same for every launcher (in-process, joblib,
-SLURM), whose jobs may run in other processes or on other machines.
+SLURM, Ray), whose jobs may run in other processes or on other machines.
+
+A sweep over cross-validation folds (`data.folds=K 'data.fold=range(K)'`) adds one row
+per configuration (the jobs that differ only in `data.fold`): the mean and standard
+deviation over its folds of the monitored metric and of each test metric.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import io
 import json
 import logging
 import math
+import re
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -123,20 +129,78 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """summary.csv and summary.md in the sweep folder, best job first."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+# The override that picks a job's cross-validation fold (`data.fold=2`). The fold is a
+# small integer, so the override never holds a space.
+FOLD_OVERRIDE = re.compile(r"(?:^|\s)(?:\+\+)?data\.fold=\S+")
+
+
+def fold_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """One row per configuration cross-validated over folds (jobs whose overrides differ
+    only in `data.fold`), best mean first: how many of its folds completed, and over
+    those the mean and the sample standard deviation of the monitored metric (`best`)
+    and of each test metric. Empty when no job sets `data.fold`."""
+    configurations: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if FOLD_OVERRIDE.search(row["overrides"]):
+            configurations.setdefault(FOLD_OVERRIDE.sub("", row["overrides"]).strip(), []).append(row)
+    summaries = []
+    for configuration, jobs in configurations.items():
+        done = [job for job in jobs if job["status"] == "completed"]
+        summary: dict[str, Any] = {"configuration": configuration, "folds": f"{len(done)}/{len(jobs)}", "monitor": jobs[0]["monitor"]}
+        for metric in ["best", *sorted({key for job in done for key in job if key.startswith("test/")})]:
+            values = [float(job[metric]) for job in done if job.get(metric) is not None]
+            summary[f"{metric} mean"] = statistics.fmean(values) if values else None
+            summary[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else None
+        summaries.append(summary)
+
+    def order(summary: dict[str, Any]) -> tuple[int, float]:
+        mean = summary["best mean"]
+        if mean is None or math.isnan(mean):
+            return (1, 0.0)
+        return (0, mean if mode == "min" else -mean)
+
+    return sorted(summaries, key=order)
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], folds: list[dict[str, Any]] | None = None) -> None:
+    """summary.csv and summary.md in the sweep folder, best job first; with `folds`
+    (from `fold_rows`), summary_folds.csv and a section of summary.md, best mean first."""
+    _write_csv(sweep_dir / "summary.csv", rows)
+    text = f"# Sweep {sweep_dir}\n\n" + _markdown_table(rows)
+    if folds:
+        _write_csv(sweep_dir / "summary_folds.csv", folds)
+        text += "\n## Cross-validation: mean ± standard deviation over the folds\n\n" + _markdown_table([_mean_and_std(s) for s in folds])
+    atomic_write(sweep_dir / "summary.md", lambda f: f.write(text.encode()))
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(sweep_dir / "summary.csv", lambda f: f.write(buffer.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in columns) + " |")
-    text = f"# Sweep {sweep_dir}\n\n" + "\n".join(lines) + "\n"
-    atomic_write(sweep_dir / "summary.md", lambda f: f.write(text.encode()))
+    return "\n".join(lines) + "\n"
+
+
+def _mean_and_std(summary: dict[str, Any]) -> dict[str, Any]:
+    """A `fold_rows` row with each metric's mean and std in one cell: `0.9120 ± 0.0100`."""
+    shown = {}
+    for key, value in summary.items():
+        if key.endswith(" std"):
+            continue
+        if key.endswith(" mean"):
+            std = summary[key.removesuffix(" mean") + " std"]
+            value = f"{_cell(value)} ± {_cell(std)}" if value is not None and std is not None else value
+            key = key.removesuffix(" mean")
+        shown[key] = value
+    return shown
 
 
 def _cell(value: Any) -> str:
@@ -145,6 +209,17 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4f}"
     return str(value)
+
+
+def fold_table(folds: list[dict[str, Any]]) -> Table:
+    """The printed cross-validation rows (`fold_rows`): mean ± std per metric."""
+    shown = [_mean_and_std(summary) for summary in folds]
+    table = Table(title="Cross-validation: mean ± std over the folds (best first)", title_justify="left")
+    for column in dict.fromkeys(key for row in shown for key in row):
+        table.add_column(column, justify="left" if column in ("configuration", "monitor") else "right")
+    for row in shown:
+        table.add_row(*(Text(_cell(value)) for value in row.values()))
+    return table
 
 
 def summary_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
@@ -169,8 +244,11 @@ class SweepSummary(Callback):
         if not rows:
             log.warning(f"No job folders found in {sweep_dir}: no sweep summary written.")
             return
-        write_summary(sweep_dir, rows)
+        folds = fold_rows(rows, str(config.trainer.mode))
+        write_summary(sweep_dir, rows, folds)
         show(summary_table(sweep_dir, rows))
+        if folds:
+            show(fold_table(folds))
         log.info(f"Sweep summary: {sweep_dir / 'summary.csv'} and summary.md")
         failed = [row for row in rows if row["status"] != "completed"]
         for row in failed:
