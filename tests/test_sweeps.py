@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from conftest import FAST, cli_env, load, run_cli, run_dirs, start_cli, wait_for_line, with_fault
@@ -187,3 +188,31 @@ def test_job_folder_names_stay_one_level_and_short() -> None:
     assert config_module.job_dirname(0, "") == "0"
     long = config_module.job_dirname(7, ",".join(f"model.p{i}=0.123456789012345" for i in range(20)))
     assert len(long) <= 120 and long.startswith("7_model.p0=")
+
+
+def test_ray_launcher_runs_the_jobs_as_tasks_of_a_local_ray_instance(tmp_path: Path) -> None:
+    ray_files = tmp_path / "ray"  # Ray's session files, logs and spilled objects
+    ray_files.mkdir()
+    # Ray's socket paths under the temp dir must fit in 107 bytes, too few for pytest's
+    # tmp_path: a short link to it in /tmp keeps the files in the test's folder.
+    short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    short.rmdir()
+    short.symlink_to(ray_files)
+    try:
+        result = run_cli(
+            "train.py", "-m", *QUICK, "logger=[]", "optimizer.lr=1e-3,1e-2", "hydra/launcher=ray", "hydra.launcher.init.num_cpus=2",
+            f"hydra.launcher.init._temp_dir={short}", "hydra.launcher.init.include_dashboard=false", cwd=tmp_path, timeout=300,
+        )
+    finally:
+        short.unlink()
+    assert result.returncode == 0, result.stderr
+    assert "Started a local Ray instance" in result.stderr + result.stdout
+    assert "(sweep_job pid=" in result.stdout, "the jobs ran in Ray's worker processes"
+    assert list(ray_files.glob("session_*"))
+    sweep = sweep_dir(tmp_path)
+    rows = summary(sweep)
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert sorted(p.name for p in sweep.iterdir() if (p / "checkpoints" / "best.pt").is_file()) == [
+        "0_optimizer.lr=0.001",
+        "1_optimizer.lr=0.01",
+    ]
