@@ -1,4 +1,4 @@
-"""--multirun: job folders, the leaderboard, failures, Optuna, joblib, resumed sweeps."""
+"""--multirun: job folders, the leaderboard, failures, Optuna, joblib, Ray, resumed sweeps."""
 
 from __future__ import annotations
 
@@ -200,18 +200,19 @@ def test_ray_launcher_runs_the_jobs_as_tasks_of_a_local_ray_instance(tmp_path: P
     short.symlink_to(ray_files)
     try:
         result = run_cli(
-            "train.py", "-m", *QUICK, "logger=[]", "optimizer.lr=1e-3,1e-2", "hydra/launcher=ray", "hydra.launcher.init.num_cpus=2",
+            "train.py", "-m", *QUICK, "logger=[]", "optimizer.lr=1e-3,1e-2,-1", "hydra/launcher=ray", "hydra.launcher.init.num_cpus=2",
             f"hydra.launcher.init._temp_dir={short}", "hydra.launcher.init.include_dashboard=false", cwd=tmp_path, timeout=300,
         )
     finally:
         short.unlink()
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the third job's bad value
     assert "Started a local Ray instance" in result.stderr + result.stdout
     assert "(sweep_job pid=" in result.stdout, "the jobs ran in Ray's worker processes"
     assert list(ray_files.glob("session_*"))
     sweep = sweep_dir(tmp_path)
     rows = summary(sweep)
-    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
+    assert "optimizer.lr=-1" in rows[2]["error"]
     assert sorted(p.name for p in sweep.iterdir() if (p / "checkpoints" / "best.pt").is_file()) == [
         "0_optimizer.lr=0.001",
         "1_optimizer.lr=0.01",
