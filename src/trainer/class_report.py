@@ -134,17 +134,21 @@ class ConfusionMatrix:
         n = len(self.counts)
         if n > MAX_ROWS:
             return Text(f"Confusion matrix: {n} classes are too many to print; it is in the JSON record and the logged image.")
-        table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
-        table.add_column("")
+        table = Table(title="Confusion matrix", title_justify="left")
+        table.add_column("true \\ predicted")
         for j in range(n):
             table.add_column(str(j), justify="right")
-        for i, row in enumerate(self.counts):
-            name = self.labels[i] if self.labels[i] == str(i) else f"{i} {self.labels[i]}"
-            table.add_row(escape(name), *(f"[bold]{c}[/bold]" if i == j else str(c) for j, c in enumerate(row)))
+        for i, (label, row) in enumerate(zip(self.row_labels(), self.counts)):
+            table.add_row(escape(label), *(f"[bold]{c}[/bold]" if i == j else str(c) for j, c in enumerate(row)))
         return table
 
+    def row_labels(self) -> list[str]:
+        """Each row's index, which names its column, and its class name. A name that
+        begins with its index already (torchvision's MNIST: "0 - zero") is left as it is."""
+        return [label if label.split(" ")[0] == str(i) else f"{i} {label}" for i, label in enumerate(self.labels)]
+
     def log(self, loggers: Loggers, name: str, step: int) -> None:
-        loggers.log_image(name, confusion_image(self.counts, self.labels), step)
+        loggers.log_image(name, confusion_image(self.counts, self.row_labels()), step)
 
 
 def _number(value: float) -> float | None:

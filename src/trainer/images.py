@@ -16,10 +16,10 @@ CELL = 24
 MATRIX_PIXELS = 960
 
 
-def confusion_image(matrix: list[list[int]], labels: list[str] | None = None) -> torch.Tensor:
+def confusion_image(matrix: list[list[int]], row_labels: list[str] | None = None) -> torch.Tensor:
     """A (3, H, W) uint8 heat map of a confusion matrix (rows: true class), each row
-    normalised. Rows are labelled with their index and `labels` (class names), columns
-    with the index; cells show their counts. With more classes than fit at full size
+    normalised. Rows are labelled with `row_labels` (by default their index), columns
+    with their index; cells show their counts. With more classes than fit at full size
     the cells shrink and the text is left out, so the image stays bounded.
 
     Drawn with PIL (a torchvision dependency), so no plotting library is needed.
@@ -27,19 +27,18 @@ def confusion_image(matrix: list[list[int]], labels: list[str] | None = None) ->
     from PIL import Image, ImageDraw
 
     n = len(matrix)
-    labels = labels or [str(i) for i in range(n)]
+    row_labels = row_labels or [str(i) for i in range(n)]
     cell = CELL if n * CELL <= MATRIX_PIXELS else max(1, MATRIX_PIXELS // n)
     text = cell == CELL
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    row_names = [f"{i} {label}" if label != str(i) else label for i, label in enumerate(labels)]
-    left = int(max(probe.textlength(name) for name in row_names)) + 8 if text else 0
+    left = int(max(probe.textlength(label) for label in row_labels)) + 8 if text else 0
     top = CELL if text else 0
     image = Image.new("RGB", (left + n * cell, top + n * cell), "white")
     draw = ImageDraw.Draw(image)
     for i, row in enumerate(matrix):
         total = max(sum(row), 1)
         if text:
-            draw.text((4, top + i * cell + 6), row_names[i], fill="black")
+            draw.text((4, top + i * cell + 6), row_labels[i], fill="black")
             draw.text((left + i * cell + 6, 4), str(i), fill="black")
         for j, count in enumerate(row):
             share = count / total
