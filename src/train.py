@@ -2,6 +2,11 @@
 
 Reads top to bottom like a hand-written script: build the data, model, loss,
 optimizer and scheduler from their configs, fit, test the best checkpoint, report.
+
+The best epoch's evaluation extras (a classifier's per-class precision, recall and F1,
+and its confusion matrix labelled with the class names) are those of that test of
+best.pt: written into metrics.json, printed, and logged once at the end of training
+as the `test/...` images, so the loop itself counts nothing extra per epoch for them.
 """
 
 from __future__ import annotations
