@@ -6,7 +6,8 @@ optimizer and scheduler from their configs, fit, test the best checkpoint, repor
 The best epoch's evaluation extras (a classifier's per-class precision, recall and F1,
 and its confusion matrix labelled with the class names) are those of that test of
 best.pt: written into metrics.json, printed, and logged once at the end of training
-as the `test/...` images, so the loop itself counts nothing extra per epoch for them.
+as the `test/...` images (validation counts the matrix too, for `val/macro_f1`, but
+the loop draws and logs nothing per epoch).
 """
 
 from __future__ import annotations
