@@ -3,7 +3,8 @@
 The model is rebuilt from the config stored inside the checkpoint, so no model flags
 are needed. Results are printed, written as JSON next to the checkpoint, and logged
 to the loggers of the `logger` config group, in the evaluation's own run folder, with
-the task's evaluation extras (a classifier's confusion matrix).
+the task's evaluation extras (a classifier's per-class precision, recall and F1 and its
+confusion matrix, labelled with the class names the dataset or the checkpoint has).
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, An
     precision = str(trained.trainer.get("precision", "32"))
     channels_last = use_channels_last(model, trained.trainer.get("channels_last", False), data.input_shape, device, precision)
     forward = ForwardPass(model, loss_fn, device, channels_last, precision)
-    metrics = evaluate(forward, batches, task.metrics(device, extras=True))
+    metrics = evaluate(forward, batches, task.metrics(device))
     values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
-    extras = metrics.extras()
+    extras = metrics.extras(data.classes or state.get("classes"))
 
     record = {
         "checkpoint": str(path),

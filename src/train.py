@@ -2,6 +2,12 @@
 
 Reads top to bottom like a hand-written script: build the data, model, loss,
 optimizer and scheduler from their configs, fit, test the best checkpoint, report.
+
+The best epoch's evaluation extras (a classifier's per-class precision, recall and F1,
+and its confusion matrix labelled with the class names) are those of that test of
+best.pt: written into metrics.json, printed, and logged once at the end of training
+as the `test/...` images (validation counts the matrix too, for `val/macro_f1`, but
+the loop draws and logs nothing per epoch).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from src.trainer.loggers import Hyperparameters, Loggers
 from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
-from src.trainer.tasks import get_task
+from src.trainer.tasks import Extra, get_task
 from src.utils import distributed
 from src.utils.build import build
 from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
@@ -121,26 +127,31 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         with StopRequest() as stop:
-            test = evaluate(trainer.eval_forward, data.test, task.metrics(device), stop=stop).compute()
+            tested = evaluate(trainer.eval_forward, data.test, task.metrics(device), stop=stop)
+            test = {f"test/{k}": v for k, v in tested.compute().items()}
         if stop.signum:
             raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt", trainer.resume_command)
-        test = {f"test/{k}": v for k, v in test.items()}
+        # The best epoch's extras (a classifier's per-class scores and confusion matrix):
+        # those of best.pt on the test split, from the pass above.
+        extras = tested.extras(data.classes)
         if distributed.is_rank_zero():
-            _write_results(cfg, trainer, test, run_dir, time.time() - started)
+            _write_results(cfg, trainer, test, extras, run_dir, time.time() - started)
     except RunStopped as stop:
         if stop.exit_code == 1 and distributed.is_rank_zero():  # a NaN, a full disk; not a signal, which resumes
             _write_failure(trainer, stop, run_dir, time.time() - started)
         raise
     finally:
         trainer.close()
-    _print_summary(trainer, test, run_dir)
+    _print_summary(trainer, test, extras, run_dir)
     return float(trainer.best_metric)
 
 
-def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], run_dir: Path, seconds: float) -> None:
-    """metrics.json; the hyperparameters with the best and test metrics, and the best
-    checkpoint, to the loggers."""
+def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], extras: dict[str, Extra], run_dir: Path, seconds: float) -> None:
+    """metrics.json; the hyperparameters with the best and test metrics, the test's
+    extras (as `test/<name>` images, once, at the last step) and the best checkpoint,
+    to the loggers."""
     results = _results(trainer, run_dir, seconds, status="completed", test=test)
+    results.update({f"test_{name}": extra.to_json() for name, extra in extras.items()})
     try:
         atomic_write_json(run_dir / "metrics.json", results)
     except OSError as err:
@@ -149,6 +160,8 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
         raise stops.not_written(str(run_dir / "metrics.json"), reason, trainer.checkpoint_dir, trainer.resume_command, done) from None
     final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
     trainer.loggers.log_hyperparams(hyperparameters(cfg, trainer.run_info.choices), final, trainer.step)
+    for name, extra in extras.items():
+        extra.log(trainer.loggers, f"test/{name}", trainer.step)
     trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")
 
 
@@ -234,7 +247,7 @@ def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) ->
     }
 
 
-def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> None:
+def _print_summary(trainer: Trainer, test: dict[str, float], extras: dict[str, Extra], run_dir: Path) -> None:
     epochs = Table(title="Epochs", title_justify="left")
     columns = [k for k in trainer.history[-1] if "/" in k]
     for column in ["epoch", *columns, "lr", "time"]:
@@ -261,5 +274,9 @@ def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> N
         cells = [final.get(f"train/{name}"), best.get(f"val/{name}"), test.get(f"test/{name}")]
         results.add_row(name, *("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}" for v in cells))
     show(results)
+    if extras:
+        log.info(f"The test split on best.pt (epoch {trainer.best_epoch}):")
+    for extra in extras.values():
+        show(extra.table())
     log.info(f"Run folder: {run_dir}")
     log.info(f"Best checkpoint: {trainer.checkpoint_dir / 'best.pt'} ({trainer.monitor} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})")

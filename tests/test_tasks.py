@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from conftest import FAST, REPO, run_cli, run_dirs
 from src.data.tabular import CSVTable
+from src.trainer.class_report import MAX_ROWS
 from src.trainer.tasks import TASKS, Task, task_class
 from src.trainer.tasks.classification import Classification
 from src.trainer.tasks.multilabel import Multilabel
@@ -39,14 +40,51 @@ def test_classification_metrics_and_confusion_matrix() -> None:
     outputs = torch.stack([scores, scores, scores, scores.flip(0)])  # predicts class 0, 0, 0, 5
     targets = torch.tensor([0, 4, 5, 5])  # right, in the top 5, not in the top 5, right
     task = Classification(num_outputs=6)
-    metrics = task.metrics(CPU, extras=True)
+    metrics = task.metrics(CPU)
     values = run_batches(metrics, [(outputs[:2], targets[:2], 1.0), (outputs[2:], targets[2:], 3.0)])
-    assert values == {"loss": 2.0, "accuracy": 0.5, "top5": 0.75}
+    # Macro F1 over the classes that occur or are predicted (0, 4, 5): F1 1/2, 0, 2/3.
+    assert values == {"loss": 2.0, "accuracy": 0.5, "top5": 0.75, "macro_f1": pytest.approx(7 / 18)}
     matrix = metrics.extras()["confusion_matrix"].to_json()
     assert matrix[0][0] == 1 and matrix[4][0] == 1 and matrix[5][0] == 1 and matrix[5][5] == 1
     assert sum(map(sum, matrix)) == 4
-    assert task.metric_names(training=True) == ["loss", "accuracy"], "top-5 is left out of training"
-    assert Classification(num_outputs=5).metric_names() == ["loss", "accuracy"], "top-5 needs more than 5 classes"
+    assert task.metric_names(training=True) == ["loss", "accuracy"], "top-5 and macro F1 are left out of training"
+    assert Classification(num_outputs=5).metric_names() == ["loss", "accuracy", "macro_f1"], "top-5 needs more than 5 classes"
+
+
+def test_per_class_precision_recall_f1_from_a_hand_computed_confusion_matrix() -> None:
+    names = ["cat", "dog", "bird", "fish"]
+    targets = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 0, 1, 1])  # rows (true): cat [2 1 0 0], dog [1 1 0 0], bird [0 1 0 0], fish [0 0 0 0]
+    metrics = Classification(num_outputs=4).metrics(CPU)
+    values = run_batches(metrics, [(F.one_hot(predicted, 4).float(), targets, 1.0)])
+    extras = metrics.extras(names)
+    assert extras["confusion_matrix"].to_json() == [[2, 1, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    report = extras["per_class"].to_json()
+    approx = lambda scores: pytest.approx(scores)  # noqa: E731
+    assert report["classes"] == {
+        "cat": approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}),
+        "dog": approx({"precision": 1 / 3, "recall": 1 / 2, "f1": 2 / 5, "support": 2}),
+        "bird": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1},  # never predicted: 0, not undefined
+        "fish": {"precision": None, "recall": None, "f1": None, "support": 0},  # neither occurs nor is predicted
+    }
+    # Macro averages leave out the class that has no score (fish).
+    assert report["macro"] == approx({"precision": 1 / 3, "recall": 7 / 18, "f1": 16 / 45})
+    assert values["macro_f1"] == pytest.approx(16 / 45) and values["accuracy"] == 0.5
+    assert list(metrics.extras()["per_class"].to_json()["classes"]) == ["0", "1", "2", "3"], "no names: indices"
+
+
+def test_the_per_class_table_of_many_classes_shows_the_worst() -> None:
+    num_classes = 50
+    targets = torch.arange(num_classes).repeat(2)
+    predicted = torch.cat([targets[:num_classes], targets[num_classes:].roll(1)])  # each class right once of twice
+    predicted[:5] = 0  # classes 1-4 never right
+    metrics = Classification(num_outputs=num_classes).metrics(CPU)
+    run_batches(metrics, [(F.one_hot(predicted, num_classes).float(), targets, 1.0)])
+    report = metrics.extras([f"class {i}" for i in range(num_classes)])["per_class"]
+    rows = report.rows()
+    assert len(rows) == 1 + MAX_ROWS + 1, "header, the shown classes, macro average"
+    assert {row[0] for row in rows[1:5]} == {"class 1", "class 2", "class 3", "class 4"}, "the worst first"
+    assert len(report.to_json()["classes"]) == num_classes, "the JSON record keeps every class"
 
 
 def test_regression_metrics() -> None:

@@ -33,7 +33,7 @@ class Regression(Task):
             "data.task=classification data.num_classes=N data.num_outputs=N.",
         )
 
-    def metrics(self, device: torch.device, *, training: bool = False, extras: bool = False) -> Metrics:
+    def metrics(self, device: torch.device, *, training: bool = False) -> Metrics:
         from src.trainer.metrics import RegressionMetrics
 
         return RegressionMetrics(self.num_outputs, device, self.metric_names(training))
