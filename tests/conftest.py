@@ -124,12 +124,12 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert strip(sa["history"]) == strip(sb["history"])
 
 
-def start_cli(script: str, *overrides: str, cwd: Path) -> subprocess.Popen:
+def start_cli(script: str, *overrides: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
     """Start the CLI in the background, stdout as a line-by-line text pipe."""
     return subprocess.Popen(
         [sys.executable, str(REPO / script), *overrides],
         cwd=cwd,
-        env=cli_env(),
+        env=cli_env(env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FAST, assert_same_training, load, run_cli, run_dirs
+from conftest import FAST, REPO, assert_same_training, load, run_cli, run_dirs, start_cli, wait_for_line
 
 RUN = ["data=synthetic", "data.dataset.train_size=600", "data.dataset.test_size=100", "model=cnn", "trainer.deterministic=true", *FAST]
 EMA = ["callbacks=[ema]", "callbacks.ema.decay=0.9"]
@@ -101,19 +103,80 @@ def test_your_own_plain_class_is_a_callback(tmp_path: Path) -> None:
     ]
 
 
-def test_a_resume_builds_your_plain_callback_only_when_you_name_it_again(tmp_path: Path) -> None:
-    # A checkpoint is data: a callback it names that is no Callback subclass could be any
-    # class at all, so your own command line must vouch for it.
-    (tmp_path / "my_callbacks.py").write_text(HOOK_RECORDER)
-    mine = ["+callbacks.recorder._target_=my_callbacks.HookRecorder"]
+HOOK_COUNTER = '''
+HOOKS = ("fit_start", "epoch_start", "batch_end", "epoch_end", "validation_start", "validation_end", "checkpoint", "fit_end")
+
+class HookCounter:
+    """A plain class (no base class) counting the calls of every hook: its state."""
+
+    def __init__(self, out):
+        self.out = out
+        self.calls = dict.fromkeys(HOOKS, 0)
+
+    def count(self, hook):
+        self.calls[hook] += 1
+
+    def on_fit_start(self, trainer): self.count("fit_start")
+    def on_train_epoch_start(self, trainer): self.count("epoch_start")
+    def on_train_batch_end(self, trainer, batch_index, loss): self.count("batch_end")
+    def on_train_epoch_end(self, trainer, metrics): self.count("epoch_end")
+    def on_validation_start(self, trainer): self.count("validation_start")
+    def on_validation_end(self, trainer, metrics): self.count("validation_end")
+    def on_checkpoint(self, trainer, state): self.count("checkpoint")
+
+    def on_fit_end(self, trainer):
+        self.count("fit_end")
+        with open(self.out, "w") as f:
+            json.dump(self.calls, f)
+
+    def state_dict(self):
+        return {"calls": dict(self.calls)}
+
+    def load_state_dict(self, state):
+        self.calls = dict(state["calls"])
+'''
+
+
+def readme_python_block(containing: str) -> str:
+    """The README's ```python block that holds `containing`: the README's code is tested as written."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)
+    (block,) = [b for b in blocks if containing in b]
+    return block
+
+
+def test_your_callbacks_are_called_as_documented_and_their_state_survives_a_sigterm(tmp_path: Path) -> None:
+    # A plain class needs your command line to name it again on resume (a checkpoint is
+    # data); the README's BatchCounter, a Callback subclass, is rebuilt from the checkpoint.
+    (tmp_path / "my_callbacks.py").write_text("import json\n" + readme_python_block("class BatchCounter") + HOOK_COUNTER)
     env = {"PYTHONPATH": str(tmp_path)}
-    small = ["data=synthetic", "data.dataset.train_size=200", "data.dataset.test_size=50", *FAST]
-    result = run_cli("train.py", *small, "trainer.epochs=1", *mine, f"+callbacks.recorder.out={tmp_path / 'calls.json'}", cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr
+    hooks = ["+callbacks.hooks._target_=my_callbacks.HookCounter"]
+    batches, epochs = 50, 3  # 400 training samples in batches of 8
+    run = ["data=synthetic", "data.dataset.train_size=500", "data.dataset.test_size=20", "data.batch_size=8", "model.hidden_sizes=[8]"]
+    process = start_cli(
+        "train.py", *run, *FAST, f"trainer.epochs={epochs}", *hooks, f"+callbacks.hooks.out={tmp_path / 'calls.json'}",
+        "+callbacks.batches._target_=my_callbacks.BatchCounter", cwd=tmp_path, env=env,
+    )
+    wait_for_line(process, "first optimizer step done")
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
     (run_dir,) = run_dirs(tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
-    refused = run_cli("train.py", f"resume={last}", "trainer.epochs=2", cwd=tmp_path, env=env)
-    assert refused.returncode == 2 and "callbacks.recorder._target_='my_callbacks.HookRecorder' is not a subclass" in refused.stderr
-    resumed = run_cli("train.py", f"resume={last}", "trainer.epochs=2", *mine, cwd=tmp_path, env=env)
+    state = load(last)
+    done, mid = state["epoch"], int(state["batch_in_epoch"] > 0)  # where the signal stopped it
+    assert state["callbacks"]["hooks"]["calls"] == {
+        "fit_start": 1, "epoch_start": done + mid, "batch_end": state["step"], "epoch_end": done,
+        "validation_start": done, "validation_end": done, "checkpoint": done + mid, "fit_end": 0,  # this save's call included
+    }
+    assert state["callbacks"]["batches"] == {"batches": state["step"]}
+
+    refused = run_cli("train.py", f"resume={last}", cwd=tmp_path, env=env)
+    assert refused.returncode == 2 and "callbacks.hooks._target_='my_callbacks.HookCounter' is not a subclass" in refused.stderr
+    resumed = run_cli("train.py", f"resume={last}", *hooks, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads((tmp_path / "calls.json").read_text())[0] == "fit_start"
+    assert json.loads((tmp_path / "calls.json").read_text()) == {
+        "fit_start": 2, "epoch_start": epochs + mid, "batch_end": epochs * batches, "epoch_end": epochs,
+        "validation_start": epochs, "validation_end": epochs, "checkpoint": epochs + mid, "fit_end": 1,
+    }
+    assert load(last)["callbacks"]["batches"] == {"batches": epochs * batches}
+    assert f"BatchCounter: {epochs * batches} training batches" in resumed.stdout

@@ -291,9 +291,7 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this run exactly (see checkpoint.TrainingState)."""
-        state = TrainingState.of(self).to_dict()
-        self.callbacks.call("on_checkpoint", self, state)
-        return state
+        return self.callbacks.checkpoint(self, TrainingState.of(self).to_dict())
 
     def close(self) -> None:
         self.loggers.close()

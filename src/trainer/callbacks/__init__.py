@@ -4,20 +4,25 @@ A callback is any object built from `callbacks.<name>._target_`. It defines only
 hooks it needs; `Callback` lists them all as no-ops, to subclass or to read. The loop
 calls them in this order, on every rank under torchrun (so that, say, an average of
 the weights stays the same on each); a callback that writes files checks
-`trainer.rank_zero`:
+`trainer.rank_zero`. How often, in one process:
 
-    on_fit_start(trainer)                       before the first epoch (after a resume's state is loaded)
-    on_train_epoch_start(trainer)
-    on_train_batch_end(trainer, batch_index, loss)   after each batch; `loss` is its detached
+    on_fit_start(trainer)                       once, before the first epoch (after a resume's state is loaded)
+    on_train_epoch_start(trainer)               before each epoch, and before the rest of an epoch a resume continues
+    on_train_batch_end(trainer, batch_index, loss)   after each training batch; `loss` is its detached
                                                      loss tensor (reading it waits for the device)
-    on_train_epoch_end(trainer, metrics)        the epoch's train/* metrics
-    on_validation_start(trainer)
-    on_validation_end(trainer, metrics)         the epoch's train/* and val/* metrics
-    on_checkpoint(trainer, state)               the state about to be saved (the callback may add to it)
-    on_fit_end(trainer)                         after the last epoch, before the test
+    on_train_epoch_end(trainer, metrics)        once per epoch: the epoch's train/* metrics
+    on_validation_start(trainer)                once per epoch
+    on_validation_end(trainer, metrics)         once per epoch: its train/* and val/* metrics
+    on_checkpoint(trainer, state)               once per save: at the end of each epoch (last.pt, and
+                                                best.pt or epoch_NNN.pt when due, hold that one state) and
+                                                when a signal stops the run mid-epoch; `state` is what is
+                                                about to be written (the callback may add to it)
+    on_fit_end(trainer)                         once, after the last epoch, before the test (not after a signal)
 
 `state_dict()` and `load_state_dict(state)`, when defined, save the callback's state in
-the checkpoint under `callbacks.<name>`, so a resumed run continues it exactly.
+the checkpoint under `callbacks.<name>`, so a resumed run continues it exactly. The
+state is taken after `on_checkpoint`, so what that hook changes is in the checkpoint it
+announces.
 """
 
 from __future__ import annotations
@@ -64,6 +69,13 @@ class Callbacks:
     def call(self, hook: str, *args: Any) -> None:
         for method in self._hooks[hook]:
             method(*args)
+
+    def checkpoint(self, trainer: Any, state: dict[str, Any]) -> dict[str, Any]:
+        """Call `on_checkpoint` with the `state` about to be saved, then put each
+        callback's state into it: taken after the hook, it holds what the hook changed."""
+        self.call("on_checkpoint", trainer, state)
+        state["callbacks"] = self.state_dict()
+        return state
 
     def state_dict(self) -> dict[str, Any]:
         return {name: cb.state_dict() for name, cb in self.named.items() if callable(getattr(cb, "state_dict", None))}
