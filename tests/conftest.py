@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,6 +59,13 @@ def run_with_fault(script: str, fault: str, *overrides: str, cwd: Path, timeout:
     env = cli_env()
     env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run(with_fault(script, fault, *overrides), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def readme_python_block(containing: str) -> str:
+    """The README's ```python block that holds `containing`: tests run the README's code as written."""
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)
+    (block,) = [b for b in blocks if containing in b]
+    return block
 
 
 def run_dirs(cwd: Path) -> list[Path]:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import FAST, REPO, assert_same_training, load, run_cli, run_dirs, start_cli, wait_for_line
+from conftest import FAST, assert_same_training, load, readme_python_block, run_cli, run_dirs, start_cli, wait_for_line
 
 RUN = ["data=synthetic", "data.dataset.train_size=600", "data.dataset.test_size=100", "model=cnn", "trainer.deterministic=true", *FAST]
 EMA = ["callbacks=[ema]", "callbacks.ema.decay=0.9"]
@@ -135,13 +134,6 @@ class HookCounter:
     def load_state_dict(self, state):
         self.calls = dict(state["calls"])
 '''
-
-
-def readme_python_block(containing: str) -> str:
-    """The README's ```python block that holds `containing`: the README's code is tested as written."""
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.DOTALL)
-    (block,) = [b for b in blocks if containing in b]
-    return block
 
 
 def test_your_callbacks_are_called_as_documented_and_their_state_survives_a_sigterm(tmp_path: Path) -> None:

@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
-from conftest import FAST, REPO, run_cli, run_dirs
+from conftest import FAST, REPO, readme_python_block, run_cli, run_dirs
 from src.data.tabular import CSVTable
+from src.trainer.checkpoint import load_checkpoint
 from src.trainer.class_report import MAX_ROWS
 from src.trainer.tasks import TASKS, Task, task_class
 from src.trainer.tasks.classification import Classification
@@ -163,9 +165,37 @@ def test_targets_reach_the_loss_in_the_form_it_takes() -> None:
     assert torch.equal(bce(outputs, labels), F.binary_cross_entropy_with_logits(outputs, labels.float()))
 
 
-def test_an_unknown_task_is_refused_with_the_known_ones() -> None:
-    with pytest.raises(UserError, match="data.task='ranking': expected one of classification, regression, multilabel"):
-        task_class("ranking")
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("ranking", "it is not a dotted path"),
+        ("my_missing_tasks.Ranking", "it cannot be imported (No module named 'my_missing_tasks')"),
+        ("os.makedirs", "it is a function, not a Task subclass"),
+        ("src.trainer.callbacks.Callback", "it is the class src.trainer.callbacks.Callback, not a Task subclass"),
+    ],
+)
+def test_an_unknown_task_is_refused_with_the_known_ones(value: str, why: str) -> None:
+    with pytest.raises(UserError) as refused:
+        task_class(value)
+    message = str(refused.value)
+    assert message.startswith(f"Invalid value data.task={value!r}: {why}. Expected one of classification, regression, multilabel, ")
+    assert "dotted path of a subclass of src.trainer.tasks.Task" in message and "\n" not in message
+
+
+def test_your_own_task_class_trains_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_tasks.py").write_text(readme_python_block("class TrainF1"))
+    mine = ["data.task=my_tasks.TrainF1", "trainer.monitor=train/macro_f1", "trainer.mode=max"]
+    small = ["data=synthetic", "data.dataset.train_size=200", "data.dataset.test_size=50", "model.hidden_sizes=[8]", "trainer.epochs=1"]
+    result = run_cli("train.py", *small, *mine, *FAST, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(tmp_path)
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert {"train/macro_f1", "train/top5"} <= history[0].keys(), "the training batches report what TrainF1 names"
+    # The checkpoint names your task by its path; loading it (as test.py and resume= do) accepts a Task subclass.
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = load_checkpoint(run_dir / "checkpoints" / "best.pt", resuming=True)
+    assert OmegaConf.create(state["config"]).data.task == "my_tasks.TrainF1"
 
 
 def test_the_config_checks_import_no_torch() -> None:

@@ -5,7 +5,8 @@ Your own configs (configs/, --config-dir, the command line) choose code: that is
 config, at any depth, must name a class of the kind its place expects (`PLACES`; any
 other place, such as a model's argument, takes `NESTED`), and it may hold no `${...}`
 interpolation (it is stored resolved; resolving one could read the environment or run
-this project's resolvers, which create folders).
+this project's resolvers, which create folders). Its `data.task` is a shipped task's name
+or, held to the same rule, the dotted path of a `Task` subclass (`TASK`).
 
 Checking a `_target_` imports its module (running its top-level code), so only what the user
 installed or put on PYTHONPATH is imported: its top-level package must be torch, torchvision, `src`,
@@ -31,6 +32,7 @@ from torch import nn, optim
 from torch.utils.data import Dataset
 
 from src.trainer.callbacks import Callback
+from src.trainer.tasks import TASKS, Task
 from src.utils.errors import UserError, one_line
 
 
@@ -52,6 +54,9 @@ NESTED = Kind("an nn.Module or Dataset class", (nn.Module, Dataset))
 # A plain class with hooks is a callback (or a logger) in your own configs; one named by
 # a checkpoint must say it is one.
 CALLBACK = Kind("a subclass of src.trainer.callbacks.Callback", (Callback,))
+# `data.task`, when it is not a shipped task's name.
+TASK = Kind("a subclass of src.trainer.tasks.Task", (Task,))
+TASK_PLACE = ("data", "task")
 # Sections only a resume builds, with the kind of each of their entries.
 RESUME_ONLY = {"callbacks": CALLBACK}
 # Never built from a checkpoint: a resume logs to the loggers its command line names.
@@ -75,7 +80,8 @@ RULE = (
     "A checkpoint is data: its config may only name, at each place, a class of the kind that place "
     "expects (model and loss: nn.Module; optimizer: torch.optim.Optimizer; scheduler: an LR scheduler; "
     "data.dataset: a torch Dataset; data.transforms: torchvision transforms; callbacks.<name>: a "
-    "src.trainer.callbacks.Callback; anything nested in them: nn.Module or Dataset), from torch, torchvision, "
+    "src.trainer.callbacks.Callback; data.task: a shipped task's name or a src.trainer.tasks.Task; anything "
+    "nested in them: nn.Module or Dataset), from torch, torchvision, "
     "this project's src, another installed package or your PYTHONPATH, never the standard library. Nothing from "
     "this checkpoint was built or called. A callback of your own that is a plain class is built on resume when "
     "your command line names it again (+callbacks.NAME._target_=...)."
@@ -100,18 +106,21 @@ def check_stored_config(cfg: DictConfig, path: Path, vouched: Mapping[str, str] 
                 f"A checkpoint's config is stored resolved and never holds one; resolving it could read "
                 f"environment variables or run this project's resolvers. Use a checkpoint written by train.py."
             )
+        if place == TASK_PLACE and not (isinstance(value, str) and value in TASKS):
+            _refuse_target(path, place, value, TASK)
         if place and place[-1] == "_target_":
             if place[0] in NEVER_BUILT:
                 continue
             if place[0] in RESUME_ONLY and (vouched is None or vouched.get(_dotted(place[:-1])) == value):
                 continue
-            kind = _kind(place[:-1])
-            reason = _refusal(value, kind)
-            if reason is not None:
-                raise UserError(
-                    f"Refusing the stored config of {str(path)!r}: {_dotted(place)}={value!r} is not "
-                    f"{kind.name} ({reason}). {RULE}"
-                )
+            _refuse_target(path, place, value, _kind(place[:-1]))
+
+
+def _refuse_target(path: Path, place: tuple[str | int, ...], value: Any, kind: Kind) -> None:
+    """Raise a UserError naming the place, the value and the rule unless `value` is a class of `kind`."""
+    reason = _refusal(value, kind)
+    if reason is not None:
+        raise UserError(f"Refusing the stored config of {str(path)!r}: {_dotted(place)}={value!r} is not {kind.name} ({reason}). {RULE}")
 
 
 def _kind(place: tuple[str | int, ...]) -> Kind:
