@@ -73,21 +73,41 @@ PAYLOADS = {
     "a class that is no Optimizer as the optimizer": lambda pwned: {
         "optimizer": {"_target_": "torch.utils.tensorboard.SummaryWriter", "log_dir": pwned}
     },
+    "a function as data.task": lambda pwned: {"data.task": "os.makedirs", "data.num_outputs": pwned},
+    "a class of another kind as data.task": lambda pwned: {"data.task": "torch.utils.tensorboard.SummaryWriter", "data.num_outputs": pwned},
     "the run_dir resolver in an interpolation": lambda pwned: {"data.name": "${run_dir:null," + pwned + "}"},
     "a module neither installed nor on PYTHONPATH": lambda pwned: {"model": {"_target_": "evilmod.Model"}},
 }
 # The message part naming why, for the cases that do not read `... is not <kind>`.
 REASONS = {"the run_dir resolver in an interpolation": "is an interpolation"}
-# Every payload goes through load_checkpoint (what both entry points call first); to keep
-# this module quick, one of each way to be refused goes through test.py, a few through resume=.
-STDLIB_FUNCTIONS_LIKE_WRITE_TEXT = ("builtins.open as the model", "shutil.copyfile as the loss", "os.makedirs as the model", "os.symlink as the model")
-# evilmod sits beside the checkpoint, where a download would put it: importable only in
-# this process's tests (sys.path), never through a folder you put on PYTHONPATH.
-IN_PROCESS_ONLY = ("a module neither installed nor on PYTHONPATH",)
-THROUGH_TEST_PY = [case for case in PAYLOADS if case not in STDLIB_FUNCTIONS_LIKE_WRITE_TEXT + IN_PROCESS_ONLY]
+# Every payload goes through load_checkpoint (what both entry points call first); end to
+# end, ten targets (functions, methods, classes of the wrong kind, nested ones) and an
+# interpolation go through each of test.py and resume= (partly different ones): each CLI
+# case is refused before anything is built, in a second or two.
+THROUGH_TEST_PY = [
+    "Path.write_text as the model",
+    "torch.save as the model",
+    "a stdlib class as the model",
+    "a torch class of another kind as the model",
+    "a function in a model's _args_",
+    "a function in a list deep in the dataset's arguments",
+    "a function as a transform",
+    "a function as the dataset",
+    "a class that is no Optimizer as the optimizer",
+    "a class of another kind as data.task",
+    "the run_dir resolver in an interpolation",
+]
 THROUGH_RESUME = [
     "Path.write_text as the model",
+    "builtins.open as the model",
+    "shutil.copyfile as the loss",
+    "os.symlink as the model",
+    "a stdlib class as the model",
+    "a torch class of another kind as the model",
+    "a function in a model's _args_",
     "a function as a transform",
+    "a function as the dataset",
+    "a function as data.task",
     "the run_dir resolver in an interpolation",
 ]
 
@@ -119,6 +139,7 @@ def test_resume_refuses_a_stored_config_that_names_code(tmp_path: Path, checkpoi
     tampered = payload_checkpoint(checkpoint, tmp_path, case)
     result = run_cli("train.py", f"resume={tampered}", cwd=tmp_path)
     assert_refused(result, tmp_path, REFUSED)
+    assert REASONS.get(case, "is not a") in result.stderr
 
 
 @pytest.mark.parametrize("case", list(PAYLOADS))
