@@ -269,25 +269,27 @@ def test_a_full_disk_while_saving_stops_clearly_and_keeps_the_checkpoints(tmp_pa
     assert result.returncode == 0, result.stderr
 
 
-SIGTERM_WHEN_THE_FINAL_TEST_STARTS = """
+SIGNAL_WHEN_THE_FINAL_TEST_STARTS = """
 import os, signal
 import src.train
 real_evaluate = src.train.evaluate
 def evaluate(*args, stop=None, **kwargs):
     if stop is not None:  # only the final test passes a StopRequest
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.{name})
     return real_evaluate(*args, stop=stop, **kwargs)
 src.train.evaluate = evaluate
 """
 
 
-def test_sigterm_during_the_final_test_says_how_to_finish(tmp_path: Path) -> None:
-    result = run_with_fault("train.py", SIGTERM_WHEN_THE_FINAL_TEST_STARTS, *TINY, "trainer.epochs=1", cwd=tmp_path)
-    assert result.returncode == 143 and "Traceback" not in result.stderr
-    assert "SIGTERM received during the final test" in result.stderr
+@pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)], ids=["SIGTERM", "Ctrl-C"])
+def test_a_signal_during_the_final_test_says_how_to_finish(tmp_path: Path, name: str, code: int) -> None:
+    fault = SIGNAL_WHEN_THE_FINAL_TEST_STARTS.format(name=name)
+    result = run_with_fault("train.py", fault, *TINY, "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == code and "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
+    assert f"{name} received during the final test" in result.stderr
     (run_dir,) = run_dirs(tmp_path)
     assert not (run_dir / "metrics.json").exists(), "no test metrics were made up"
-    assert "SIGTERM received during the final test" in (run_dir / "train.log").read_text()
+    assert f"{name} received during the final test" in (run_dir / "train.log").read_text()
     result = run_cli("train.py", f"resume={run_dir / 'checkpoints' / 'last.pt'}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1, "the resume only ran the test"

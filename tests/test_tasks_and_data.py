@@ -150,13 +150,23 @@ def test_a_regression_table_with_the_default_loss_says_which_flags_to_add(tmp_pa
     assert run_dirs(tmp_path) == []
 
 
-def test_a_diverged_validation_metric_stops_the_run_by_name_and_epoch(tmp_path: Path) -> None:
-    """Targets near 1e18 and one SGD step at lr 1000: the training loss of that step is
-    still finite, the validation loss of the weights it makes overflows float32."""
-    lines = ["a,price"] + [f"{i},{i}e17" for i in range(1, 21)]
-    result = train_on_table(tmp_path, "\n".join(lines).encode(), "optimizer=sgd", "optimizer.lr=1000", "data.batch_size=64")
+# One SGD step on targets near 1e18: the training loss of that step is still finite.
+DIVERGING = {
+    # At lr 1000 the validation loss of the weights it makes overflows float32.
+    "inf": ([f"{i},{i}e17" for i in range(1, 21)], "1000"),
+    # At lr 1e30 the weight and the bias overflow to infinities of opposite signs
+    # (the targets' mean is negative, their correlation with a positive), so every
+    # output is inf - inf.
+    "nan": ([f"{i},{'1e18' if i > 10 else '-1.1e18'}" for i in range(1, 21)], "1e30"),
+}
+
+
+@pytest.mark.parametrize("value", list(DIVERGING))
+def test_a_diverged_validation_metric_stops_the_run_by_name_and_epoch(tmp_path: Path, value: str) -> None:
+    rows, lr = DIVERGING[value]
+    result = train_on_table(tmp_path, "\n".join(["a,price", *rows]).encode(), "optimizer=sgd", f"optimizer.lr={lr}", "data.batch_size=64")
     assert result.returncode == 1
-    assert "Non-finite validation metric val/loss=inf after epoch 1" in result.stderr
+    assert f"Non-finite validation metric val/loss={value} after epoch 1" in result.stderr
     assert "optimizer.lr" in result.stderr and "Traceback" not in result.stderr
 
 
