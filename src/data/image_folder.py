@@ -23,7 +23,7 @@ class ImageFolderSplit(Dataset):
     validation split is carved out of the train images later). Images that cannot be
     read are skipped with a warning that counts them, or fail the run when
     `skip_unreadable` is false. Samples are (PIL image, class index); with
-    `num_classes`, more class folders than that are refused.
+    `num_classes`, another number of class folders is refused.
     """
 
     def __init__(
@@ -46,11 +46,11 @@ class ImageFolderSplit(Dataset):
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
         if not classes:
             raise UserError(f"{folder} has no class folders: expected {folder}/<class>/<image>.")
-        if num_classes is not None and len(classes) > num_classes:
+        if num_classes is not None and len(classes) != num_classes:
             raise UserError(
-                f"{folder} has {len(classes)} class folders ({', '.join(classes)}), but "
-                f"data.num_classes={num_classes}: a model with {num_classes} outputs cannot predict "
-                f"{len(classes) - num_classes} of them. Set data.num_classes={len(classes)}."
+                f"{folder} has {len(classes)} class folders ({', '.join(classes)}), but data.num_classes={num_classes}: "
+                f"the model has one output per class folder, in the folders' sorted order. Leave data.num_classes out "
+                f"(it is counted from the folders), or set data.num_classes={len(classes)}."
             )
         empty = [c for c in classes if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (folder / c).rglob("*"))]
         if empty:

@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.trainer.tasks import get_task
+from src.trainer.tasks import TASKS, get_task
 from src.utils import distributed
 from src.utils.errors import UserError
 
@@ -330,9 +330,27 @@ def shared_override_keys(overrides: list[str]) -> list[str]:
 
 
 def num_columns(columns: Any) -> int:
-    """Resolver for a table's default `data.num_outputs`: how many columns `data.target`
-    names (one name, or a list of names)."""
+    """How many columns `data.target` names (one name, or a list of names)."""
     return len(columns) if isinstance(columns, (list, ListConfig)) else 1
+
+
+def table_outputs(task: str, target: Any, num_classes: int | None) -> int | None:
+    """Resolver for a table's default `data.num_outputs`: `num_classes` for a task with
+    one output per class, else one output per target column. (An unknown task is left
+    to the config checks, which name the known ones.)"""
+    cls = TASKS.get(task)
+    return num_classes if cls is not None and cls.one_output_per_class else num_columns(target)
+
+
+def class_folders(root: Any) -> int | None:
+    """Resolver for an image folder's default `data.num_classes`: how many class folders
+    `root/` holds (`root/train/` when it has train/ and test/), or None when `root` is
+    not such a folder (the data checks then say so). Pure: it only reads."""
+    base = Path(str(root))
+    folder = base / "train" if (base / "train").is_dir() and (base / "test").is_dir() else base
+    if not folder.is_dir():
+        return None
+    return sum(1 for entry in folder.iterdir() if entry.is_dir()) or None
 
 
 def register_resolvers() -> None:
@@ -343,7 +361,8 @@ def register_resolvers() -> None:
         "job_dirname": job_dirname,
         "repo_path": repo_path,
         "eval_dirname": eval_dirname,
-        "num_columns": num_columns,
+        "table_outputs": table_outputs,
+        "class_folders": class_folders,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):

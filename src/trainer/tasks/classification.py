@@ -21,12 +21,19 @@ class Classification(Task):
     target of the same shape (mse, l1, huber, bce) get the class index one-hot encoded."""
 
     name = "classification"
+    one_output_per_class = True
 
     def metric_names(self, training: bool = False) -> list[str]:
         return ["loss", "accuracy"] + (["top5"] if not training and self.num_outputs > 5 else [])
 
     def check_data(self, data: DictConfig) -> None:
         num_classes = data.get("num_classes")
+        if num_classes is None:
+            raise UserError(
+                f"data.num_classes is not set, and data={data.get('name')} could not count the classes"
+                f"{f' (data.root={data.root!r} is not a folder of class folders)' if 'root' in data and data.root else ''}: "
+                f"give the number of classes as data.num_classes=N."
+            )
         if type(num_classes) is not int or num_classes < 2:
             raise UserError(f"Invalid value data.num_classes={num_classes!r}: expected an integer >= 2 (the number of classes).")
         if self.num_outputs != num_classes:
