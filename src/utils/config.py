@@ -90,13 +90,21 @@ def validate_data_config(cfg: DictConfig) -> None:
     for key in ("path", "target", "root", "num_classes"):
         if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
             raise UserError(f"data={cfg.data.name} needs data.{key}=... on the command line (see configs/data/{cfg.data.name}.yaml).")
-    _check(cfg, "data.num_outputs", lambda v: _is_int(v, 1), "a positive integer (the model's output width)")
+    # The task first: a classifier's num_outputs follows data.num_classes, which it checks.
     get_task(cfg.data).check_data(cfg.data)  # an unknown data.task is refused with the known ones
+    _check(cfg, "data.num_outputs", lambda v: _is_int(v, 1), "a positive integer (the model's output width)")
     _check(
         cfg,
         "data.input_shape",
         lambda v: isinstance(v, ListConfig) and len(v) > 0 and all(_is_int(x, 1) for x in v),
         "a list of positive integers, e.g. [1, 28, 28], or null to read it from the data",
+        optional=True,
+    )
+    _check(
+        cfg,
+        "data.classes",
+        lambda v: isinstance(v, ListConfig) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v),
+        "a list of distinct class names in class-index order, e.g. [setosa,versicolor,virginica], or null",
         optional=True,
     )
     for key in ("data.mean", "data.std"):
