@@ -296,6 +296,13 @@ def test_an_image_folder_counts_its_classes_and_refuses_another_count(tmp_path: 
     assert class_folders(str(tmp_path / "split")) == 3  # train/ and test/: the training classes
     with pytest.raises(UserError, match=r"has 2 class folders \(bright, dark\), but data.num_classes=5: .* set data.num_classes=2"):
         ImageFolderSplit(str(photos), num_classes=5)
+    # A folder of one class keeps the index the model gives it; a class it never saw is refused.
+    only_dark = tmp_path / "only_dark"
+    only_dark.mkdir()
+    (photos / "dark").rename(only_dark / "dark")
+    assert {target for _, target in ImageFolderSplit(str(only_dark), classes=["bright", "dark"], test_split=0.0)} == {1}
+    with pytest.raises(UserError, match="has class folder\\(s\\) dark that are not among the 1 classes \\(bright\\)"):
+        ImageFolderSplit(str(only_dark), classes=["bright"])
 
 
 def test_bad_image_folders_are_explained(tmp_path: Path) -> None:

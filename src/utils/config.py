@@ -350,15 +350,25 @@ def table_outputs(task: str, target: Any, num_classes: int | None) -> int | None
     return num_classes if cls is not None and cls.one_output_per_class else num_columns(target)
 
 
+def is_presplit(root: Path) -> bool:
+    """An image folder with train/ and test/ folders: those are its splits."""
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def class_folder_names(folder: Path) -> list[str]:
+    """The names of the folders in an image folder, sorted: its classes."""
+    return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+
+
 def class_folders(root: Any) -> int | None:
     """Resolver for an image folder's default `data.num_classes`: how many class folders
     `root/` holds (`root/train/` when it has train/ and test/), or None when `root` is
     not such a folder (the data checks then say so). Pure: it only reads."""
     base = Path(str(root))
-    folder = base / "train" if (base / "train").is_dir() and (base / "test").is_dir() else base
+    folder = base / "train" if is_presplit(base) else base
     if not folder.is_dir():
         return None
-    return sum(1 for entry in folder.iterdir() if entry.is_dir()) or None
+    return len(class_folder_names(folder)) or None
 
 
 def register_resolvers() -> None:
