@@ -25,8 +25,9 @@ class CSVTable(Dataset):
     class indices below `num_classes` for classification, floats for regression, 0/1
     rows for multilabel. A class column may hold names instead (`setosa`, ...): class
     `i` is then `classes[i]`, by default the sorted distinct names in the file, and
-    `classes` (a trained model's) maps a new file the same way. The file is split into train and test rows by `test_split`
-    with `split_seed`; the validation split is carved out of the train rows later.
+    `classes` (a trained model's) maps a new file the same way. The file is split into
+    train and test rows by `test_split` with `split_seed`; the validation split is
+    carved out of the train rows later.
     `data` (N, F) and `targets` hold the rows of the requested split.
     """
 

@@ -39,9 +39,8 @@ class Regression(Task):
         )
 
     def metrics(self, device: torch.device, *, training: bool = False, extras: bool = False) -> Metrics:
-        from src.trainer.metrics import RegressionMetrics
-
         from src.trainer.losses import TargetScale
+        from src.trainer.metrics import RegressionMetrics
 
         scale = TargetScale(self.target_stats) if self.target_stats else None
         return RegressionMetrics(self.num_outputs, device, self.metric_names(training), scale)
