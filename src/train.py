@@ -80,11 +80,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         stats=state.get("data_stats") if state else None,
         limit_batches=cfg.trainer.limit_batches,
         overfit_batches=cfg.trainer.overfit_batches,
+        # A resume keeps the run's own target statistics and class names.
+        target_stats=state.get("target_stats") if state else None,
+        classes=state.get("classes") if state else None,
     )
     if cfg.data.input_shape is None:  # e.g. a CSV's number of feature columns
         cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
-    task = get_task(cfg.data)
+    task = get_task(cfg.data, data.target_stats)
     loss_fn = task.loss(build("loss", cfg.loss))
     optimizer = build("optimizer", cfg.optimizer, parameter_groups(model))
     for group in optimizer.param_groups:  # e.g. a pretrained backbone learning slower than its head
@@ -103,7 +106,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     )
 
     callbacks = Callbacks({name: build(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items() if node})
-    run_info = RunInfo(OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features)
+    run_info = RunInfo(
+        OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features, data.target_stats
+    )
     trainer = Trainer(
         model=model,
         loss_fn=loss_fn,
