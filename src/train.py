@@ -62,6 +62,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
     overrides = list(HydraConfig.get().overrides.task)
     show(config_tree(cfg) if cfg.print_config == "full" else config_summary(cfg, _group_choices(state), overrides))
+    tuner = build("tune", cfg.tune) if cfg.get("tune") else None  # e.g. tune=lr_find: a report instead of a run
     # Each torchrun rank draws its own random numbers (dropout, say); DDP starts every
     # rank from rank 0's initial weights.
     seed_everything(cfg.seed + distributed.rank())
@@ -95,6 +96,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         f"({'in-memory' if data.in_memory else 'DataLoader'} data path)"
         f"{ddp}"
     )
+    if tuner is not None:
+        return tuner(cfg=cfg, model=model, loss_fn=loss_fn, optimizer=optimizer, data=data, device=device, run_dir=run_dir, overrides=overrides)
 
     callbacks = Callbacks({name: build(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items() if node})
     run_info = RunInfo(OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features)
