@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from src.data.builder import build_data
+from src.data.builder import DataSplits, build_data
 from src.trainer import stops
 from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
@@ -28,6 +28,7 @@ from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.trainer.tasks import get_task
+from src.tune.batch_size import search_batch_size
 from src.utils import distributed
 from src.utils.build import build
 from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
@@ -68,14 +69,21 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     seed_everything(cfg.seed + distributed.rank())
     set_deterministic(cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    data = build_data(
-        cfg.data,
-        device,
-        seed=cfg.seed,
-        stats=state.get("data_stats") if state else None,
-        limit_batches=cfg.trainer.limit_batches,
-        overfit_batches=cfg.trainer.overfit_batches,
-    )
+    searching = cfg.data.batch_size == "auto"  # a resumed run keeps the size its search chose
+    if searching:  # the search's first batch holds as many samples as it may try
+        cfg.data.batch_size = int(cfg.trainer.batch_size_search.max_batch_size)
+
+    def load_data() -> DataSplits:
+        return build_data(
+            cfg.data,
+            device,
+            seed=cfg.seed,
+            stats=state.get("data_stats") if state else None,
+            limit_batches=cfg.trainer.limit_batches,
+            overfit_batches=cfg.trainer.overfit_batches,
+        )
+
+    data = load_data()
     if cfg.data.input_shape is None:  # e.g. a CSV's number of feature columns
         cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
@@ -86,6 +94,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         # Kept in the group, and so in checkpoints: a resume's new optimizer.lr is scaled alike.
         group.setdefault("lr_scale", 1.0)
         group["lr"] *= group["lr_scale"]
+    if searching:  # stored in the run's config, and so in its checkpoints
+        cfg.data.batch_size = search_batch_size(model, loss_fn, optimizer, data, device, cfg)
+        del data  # before loading it again in batches of the chosen size
+        data = load_data()
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
     show(model_summary(model, data.input_shape, device))
     ranks = distributed.rank_and_world_size()[1]

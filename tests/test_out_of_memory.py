@@ -11,48 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import trainer_cfg
+from omegaconf import OmegaConf
+
+from conftest import FAST, load, run_cli, run_dirs, trainer_cfg
 from src.data.batches import InMemoryBatches, Normalize
 from src.data.builder import DataSplits
 from src.data.synthetic import SyntheticImages
 from src.trainer.tasks.classification import Classification
 from src.trainer.trainer import Trainer
+from src.tune.batch_size import largest_fitting, search_batch_size
 from src.utils.errors import RunStopped
+from stand_ins import OutOfMemoryAbove
 
 CPU = torch.device("cpu")
-
-
-class OutOfMemoryAbove(nn.Module):
-    """A small classifier on a device that holds at most `limit` samples per forward.
-
-    Like a real forward that runs out midway, it draws its dropout first and only then
-    raises. With `backward_fails_at=n`, the backward pass of its n-th forward runs out
-    of memory instead."""
-
-    def __init__(self, limit: int, backward_fails_at: int | None = None) -> None:
-        super().__init__()
-        self.limit, self.backward_fails_at = limit, backward_fails_at
-        self.dropout = nn.Dropout(0.3)
-        self.linear = nn.Linear(28 * 28, 10)
-        self.sizes: list[int] = []  # the batch size of every forward that ran to its end
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(x.flatten(1))
-        if len(x) > self.limit:
-            raise torch.OutOfMemoryError(f"stand-in: {len(x)} samples do not fit, {self.limit} do")
-        self.sizes.append(len(x))
-        outputs = self.linear(x)
-        return FailingBackward.apply(outputs) if len(self.sizes) == self.backward_fails_at else outputs
-
-
-class FailingBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        raise torch.OutOfMemoryError("stand-in: out of memory in the backward pass")
 
 
 def train(tmp_path: Path, model: nn.Module, batch_size: int, accumulate: int, epochs: int = 1) -> Trainer:
@@ -103,3 +74,48 @@ def test_out_of_memory_in_a_backward_is_retried_only_when_no_other_batch_was_sum
     # The window's second batch: part of it may be summed with the first one's gradients.
     with pytest.raises(RunStopped, match="after the gradients of earlier batches of its accumulation window were summed"):
         train(tmp_path / "b", OutOfMemoryAbove(limit=96, backward_fails_at=2), batch_size=16, accumulate=2)
+
+
+def test_the_search_doubles_then_bisects_between_the_last_fit_and_the_first_failure() -> None:
+    tried: list[int] = []
+
+    def fits(size: int) -> bool:
+        tried.append(size)
+        return size <= 100
+
+    assert largest_fitting(fits, cap=4096) == 100
+    assert tried == [1, 2, 4, 8, 16, 32, 64, 128, 96, 112, 104, 100, 102, 101]
+    assert largest_fitting(lambda size: size <= 100, cap=48) == 48, "the cap, when it fits"
+    assert largest_fitting(lambda size: False, cap=48) == 0
+
+
+def test_batch_size_auto_finds_the_largest_batch_and_leaves_no_trace(tmp_path: Path) -> None:
+    model = OutOfMemoryAbove(limit=100)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    weights = {name: value.clone() for name, value in model.state_dict().items()}
+    data = SyntheticImages(train=True, train_size=300)
+    cfg = OmegaConf.create({"trainer": trainer_cfg()})
+    # Built as src/train.py builds it for the search: batches of the cap (300 < max_batch_size).
+    train = InMemoryBatches(data.data.unsqueeze(1), data.targets, 4096, True, 0, Normalize([0.5], [0.25], CPU))
+    splits = DataSplits(train=train, val=None, test=None, in_memory=True, input_shape=(1, 28, 28))
+
+    assert search_batch_size(model, nn.CrossEntropyLoss(), optimizer, splits, CPU, cfg) == 100
+    assert all(torch.equal(weights[name], value) for name, value in model.state_dict().items())
+    assert optimizer.state_dict()["state"] == {}, "the trial steps' Adam moments are gone"
+    assert search_batch_size(OutOfMemoryAbove(limit=1000), nn.CrossEntropyLoss(), optimizer, splits, CPU, cfg) == 300
+
+
+def test_a_run_with_batch_size_auto_trains_and_resumes_with_the_size_it_found(tmp_path: Path) -> None:
+    stand_in = ["model=linear", "model._target_=stand_ins.OutOfMemoryAbove", "+model.limit=50"]
+    stand_in += ["~model.hidden_sizes", "~model.activation", "~model.dropout"]
+    args = ["data=synthetic", "data.batch_size=auto", "data.eval_batch_size=50", "data.dataset.train_size=200", "trainer.epochs=1", "logger=[]", *FAST]
+    env = {"PYTHONPATH": str(Path(__file__).parent)}
+    first = run_cli("train.py", *stand_in, *args, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "data.batch_size=auto: training with batches of 50, the largest that fits on cpu" in first.stdout
+    (run,) = run_dirs(tmp_path)
+    last = load(run / "checkpoints" / "last.pt")
+    assert OmegaConf.create(last["config"]).data.batch_size == 50 and last["step"] == 4  # 160 training samples
+    resumed = run_cli("train.py", f"resume={run / 'checkpoints' / 'last.pt'}", "trainer.epochs=2", "data.batch_size=auto", *FAST, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "batch_size=auto: training" not in resumed.stdout and load(run / "checkpoints" / "last.pt")["step"] == 8

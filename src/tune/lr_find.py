@@ -14,7 +14,6 @@ descent" rule of fastai and Lightning.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import shlex
@@ -30,10 +29,10 @@ from torch import nn
 
 from src.data.builder import Batches, DataSplits
 from src.trainer.forward import ForwardPass, use_channels_last
+from src.tune.put_back import put_back
 from src.utils import distributed
 from src.utils.errors import UserError
 from src.utils.io import atomic_write_json
-from src.utils.seed import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -132,16 +131,9 @@ class LRFinder:
         self, forward: ForwardPass, optimizer: torch.optim.Optimizer, batches: Batches, accumulate: int = 1, clip: float = 0.0
     ) -> Curve:
         """The curve of the test; the model, the optimizer and the RNGs end as they began."""
-        model = forward.model
-        weights = {name: value.clone() for name, value in model.state_dict().items()}
-        optimizer_state, rng = copy.deepcopy(optimizer.state_dict()), rng_state()
         curve = Curve()
-        try:
+        with put_back(forward.model, optimizer):
             self._steps(curve, forward, optimizer, _forever(batches), accumulate, clip)
-        finally:
-            model.load_state_dict(weights)
-            optimizer.load_state_dict(optimizer_state)
-            set_rng_state(rng)
         curve.suggestion = curve.suggest()
         return curve
 
