@@ -11,13 +11,15 @@ import pytest
 import torch
 from torch import nn
 
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import FAST, load, run_cli, run_dirs, trainer_cfg
+from conftest import FAST, REPO, load, run_cli, run_dirs, trainer_cfg
 from src.data.batches import InMemoryBatches, Normalize
 from src.data.builder import DataSplits
 from src.data.synthetic import SyntheticImages
 from src.trainer.tasks.classification import Classification
+from src.trainer.resume import resumed_config
 from src.trainer.trainer import Trainer
 from src.tune.batch_size import largest_fitting, search_batch_size
 from src.utils.errors import RunStopped
@@ -105,17 +107,18 @@ def test_batch_size_auto_finds_the_largest_batch_and_leaves_no_trace(tmp_path: P
     assert search_batch_size(OutOfMemoryAbove(limit=1000), nn.CrossEntropyLoss(), optimizer, splits, CPU, cfg) == 300
 
 
-def test_a_run_with_batch_size_auto_trains_and_resumes_with_the_size_it_found(tmp_path: Path) -> None:
+def test_a_run_with_batch_size_auto_trains_with_the_size_it_found_and_keeps_it(tmp_path: Path) -> None:
     stand_in = ["model=linear", "model._target_=stand_ins.OutOfMemoryAbove", "+model.limit=50"]
     stand_in += ["~model.hidden_sizes", "~model.activation", "~model.dropout"]
-    args = ["data=synthetic", "data.batch_size=auto", "data.eval_batch_size=50", "data.dataset.train_size=200", "trainer.epochs=1", "logger=[]", *FAST]
-    env = {"PYTHONPATH": str(Path(__file__).parent)}
-    first = run_cli("train.py", *stand_in, *args, cwd=tmp_path, env=env)
-    assert first.returncode == 0, first.stderr
-    assert "data.batch_size=auto: training with batches of 50, the largest that fits on cpu" in first.stdout
+    args = ["data=synthetic", "data.batch_size=auto", "data.eval_batch_size=50", "data.dataset.train_size=200", "trainer.epochs=1"]
+    result = run_cli("train.py", *stand_in, *args, "logger=[]", *FAST, cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)})
+    assert result.returncode == 0, result.stderr
+    assert "data.batch_size=auto: training with batches of 50, the largest that fits on cpu" in result.stdout
     (run,) = run_dirs(tmp_path)
     last = load(run / "checkpoints" / "last.pt")
     assert OmegaConf.create(last["config"]).data.batch_size == 50 and last["step"] == 4  # 160 training samples
-    resumed = run_cli("train.py", f"resume={run / 'checkpoints' / 'last.pt'}", "trainer.epochs=2", "data.batch_size=auto", *FAST, cwd=tmp_path, env=env)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "batch_size=auto: training" not in resumed.stdout and load(run / "checkpoints" / "last.pt")["step"] == 8
+    # Resuming, even with data.batch_size=auto on the command line, keeps the size found.
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["data=synthetic", "data.batch_size=auto", "resume=last.pt"])
+    resumed = resumed_config(cfg, last, ["data=synthetic", "data.batch_size=auto", "resume=last.pt"], {"data"})
+    assert resumed.data.batch_size == 50
