@@ -50,15 +50,14 @@ class MicroBatches:
         self.device, self.enabled = device, enabled
         self.pieces = 1  # each batch runs in this many micro-batches
         self.summing = False  # this batch's gradient has started to reach `.grad`
-        # The generator that dropout on this device draws from.
-        self.generator = torch.cuda.default_generators[device.index or 0] if device.type == "cuda" else torch.default_generator
+        self.get_rng, self.set_rng = _rng_of(device)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, first_of_window: bool, accumulate: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, loss) of batch number `batch`, its gradient (divided by `accumulate`)
         added to the parameters' `.grad`; `first_of_window`: the gradients are cleared first."""
         if not self.enabled:
             return self._run(inputs, targets, first_of_window, accumulate, batch)
-        rng = self.generator.get_state()
+        rng = self.get_rng()
         while True:
             self.summing = False
             try:
@@ -68,7 +67,7 @@ class MicroBatches:
             # Out of the except block: the error's traceback, and the activations it
             # holds on to, are gone.
             self._recover(len(targets), first_of_window, reason, batch)
-            self.generator.set_state(rng)
+            self.set_rng(rng)
 
     def _run(self, inputs: torch.Tensor, targets: torch.Tensor, first_of_window: bool, accumulate: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pieces == 1:
@@ -130,3 +129,13 @@ class MicroBatches:
             f"{self.pieces} pieces whose gradients are summed (accumulated), so the samples per optimizer step stay "
             f"the same. It is as if data.batch_size were halved and trainer.accumulate_grad_batches doubled."
         )
+
+
+
+def _rng_of(device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]]:
+    """How to read and set the random number generator that dropout on `device` draws from."""
+    if device.type == "cuda":
+        return (lambda: torch.cuda.get_rng_state(device)), (lambda state: torch.cuda.set_rng_state(state, device))
+    if device.type == "mps":
+        return torch.mps.get_rng_state, torch.mps.set_rng_state
+    return torch.get_rng_state, torch.set_rng_state
