@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import FAST, run_cli, run_dirs
 from src.data.batches import InMemoryBatches, Normalize
+from src.data.builder import DataSplits
 from src.data.synthetic import SyntheticImages
 from src.models.mlp import MLP
 from src.trainer.forward import ForwardPass
@@ -60,6 +63,16 @@ def test_bad_settings_are_refused() -> None:
         LRFinder(min_lr=1.0, max_lr=0.1)
     with pytest.raises(UserError, match="tune.num_steps"):
         LRFinder(num_steps=5)
+
+
+def test_without_matplotlib_the_test_refuses_to_start_and_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # what an uninstalled package looks like to import
+    with pytest.raises(UserError, match=r"pip install matplotlib"):
+        model = nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        data = DataSplits(train=None, val=None, test=None, in_memory=True)
+        run = dict(cfg=OmegaConf.create({"resume": None}), model=model, loss_fn=nn.MSELoss(), optimizer=optimizer, data=data)
+        LRFinder()(**run, device=CPU, run_dir=Path("."), overrides=[])  # before any training step
 
 
 def test_the_suggested_command_keeps_the_run_and_replaces_the_lr() -> None:
