@@ -114,6 +114,7 @@ def test_a_run_with_batch_size_auto_trains_with_the_size_it_found_and_keeps_it(t
     result = run_cli("train.py", *stand_in, *args, "logger=[]", *FAST, cwd=tmp_path, env={"PYTHONPATH": str(Path(__file__).parent)})
     assert result.returncode == 0, result.stderr
     assert "data.batch_size=auto: training with batches of 50, the largest that fits on cpu" in result.stdout
+    assert "tried 1, 2, 4, 8, 16, 32, 64 (too big), 48, 56 (too big), 52 (too big), 50, 51 (too big)." in result.stdout
     (run,) = run_dirs(tmp_path)
     last = load(run / "checkpoints" / "last.pt")
     assert OmegaConf.create(last["config"]).data.batch_size == 50 and last["step"] == 4  # 160 training samples

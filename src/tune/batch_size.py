@@ -72,8 +72,9 @@ def search_batch_size(
             f"({trial.failure}). Try trainer.precision=bf16-mixed, a smaller model, or a device with more memory."
         )
     why = "the cap (the training set's size, or trainer.batch_size_search.max_batch_size)" if size == cap else "the largest that fits"
-    limit = f" with {settings.memory_margin:.0%} of its memory to spare" if device.type == "cuda" else " (no device memory limit to search against here)"
-    log.info(f"data.batch_size=auto: training with batches of {size}, {why} on {device}{limit}; tried {trial.tried}.")
+    limit = f" with {settings.memory_margin:.0%} of its memory to spare" if device.type == "cuda" else f" ({device.type} reports no memory limit: only an out-of-memory error or the caps end the search)"
+    tried = ", ".join(str(n) if fits else f"{n} (too big)" for n, fits in trial.tried.items())
+    log.info(f"data.batch_size=auto: training with batches of {size}, {why} on {device}{limit}; tried {tried}.")
     return size
 
 
