@@ -74,7 +74,7 @@ def test_out_of_memory_in_a_backward_is_retried_only_when_no_other_batch_was_sum
     first = train(tmp_path / "a", OutOfMemoryAbove(limit=96, backward_fails_at=1), batch_size=16, accumulate=2)
     assert first.micro_batches.pieces == 2 and first.step == 3
     # The window's second batch: part of it may be summed with the first one's gradients.
-    with pytest.raises(RunStopped, match="after the gradients of earlier batches of its accumulation window were summed"):
+    with pytest.raises(RunStopped, match="after part of its gradient was summed with those of earlier batches of its accumulation window"):
         train(tmp_path / "b", OutOfMemoryAbove(limit=96, backward_fails_at=2), batch_size=16, accumulate=2)
 
 

@@ -103,9 +103,9 @@ class MicroBatches:
             # Part of this batch's gradient may already be in `.grad`, summed with the
             # window's earlier batches: running it again would count that part twice.
             raise RunStopped(
-                f"Out of memory in the backward pass of batch {batch + 1} ({reason}), after the gradients of earlier "
-                f"batches of its accumulation window were summed: running it again in smaller pieces would count part "
-                f"of it twice, so the run stops. Start it again with a smaller data.batch_size and a larger "
+                f"Out of memory in batch {batch + 1} of the epoch ({reason}), after part of its gradient was summed "
+                f"with those of earlier batches of its accumulation window: running it again in smaller pieces would "
+                f"count that part twice, so the run stops. Start it again with a smaller data.batch_size and a larger "
                 f"trainer.accumulate_grad_batches (the same product keeps the effective batch), or "
                 f"trainer.precision=bf16-mixed; see the README's section on out-of-memory errors.",
                 exit_code=1,
@@ -129,7 +129,6 @@ class MicroBatches:
             f"{self.pieces} pieces whose gradients are summed (accumulated), so the samples per optimizer step stay "
             f"the same. It is as if data.batch_size were halved and trainer.accumulate_grad_batches doubled."
         )
-
 
 
 def _rng_of(device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]]:
