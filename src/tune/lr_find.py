@@ -103,8 +103,8 @@ class LRFinder:
         suggestion, and return the suggested lr."""
         if cfg.resume or distributed.is_distributed():
             raise UserError(
-                "tune=lr_find runs in one process on a new model: drop resume=... and run it with plain python "
-                "(its suggestion holds for the same per-process batch under torchrun)."
+                "tune=lr_find runs in one process on a new model: drop resume=..., and run it with plain python "
+                "rather than torchrun."
             )
         figure = _figure_class()  # before the test: a missing matplotlib should not cost a run
         trainer = cfg.trainer
@@ -119,8 +119,8 @@ class LRFinder:
         log.info(f"Report: {run_dir / REPORT_PLOT} and {run_dir / REPORT_JSON}")
         if curve.suggestion is None:
             log.warning(
-                f"No suggestion: the smoothed loss never fell over the first {len(curve.lrs)} steps. Lower "
-                f"tune.min_lr, or raise tune.num_steps, and look at {run_dir / REPORT_PLOT}."
+                f"No suggestion: the smoothed loss was lowest within the first {SKIP_START} steps, which leaves no "
+                f"descent to measure. Lower tune.min_lr (or raise tune.num_steps), and look at {run_dir / REPORT_PLOT}."
             )
             return math.nan
         log.info(f"Suggested learning rate (steepest descent of the smoothed loss): {curve.suggestion:.2e}. Train with:")
