@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from src.data.builder import build_data
+from src.data.builder import DataSplits, build_data
 from src.trainer import stops
 from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
@@ -34,6 +34,7 @@ from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.trainer.tasks import Extra, get_task
+from src.tune.batch_size import search_batch_size
 from src.utils import distributed
 from src.utils.build import build
 from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
@@ -68,22 +69,30 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
     overrides = list(HydraConfig.get().overrides.task)
     show(config_tree(cfg) if cfg.print_config == "full" else config_summary(cfg, _group_choices(state), overrides))
+    tuner = build("tune", cfg.tune) if cfg.get("tune") else None  # e.g. tune=lr_find: a report instead of a run
     # Each torchrun rank draws its own random numbers (dropout, say); DDP starts every
     # rank from rank 0's initial weights.
     seed_everything(cfg.seed + distributed.rank())
     set_deterministic(cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    data = build_data(
-        cfg.data,
-        device,
-        seed=cfg.seed,
-        stats=state.get("data_stats") if state else None,
-        limit_batches=cfg.trainer.limit_batches,
-        overfit_batches=cfg.trainer.overfit_batches,
-        # A resume keeps the run's own target statistics and class names.
-        target_stats=state.get("target_stats") if state else None,
-        classes=state.get("classes") if state else None,
-    )
+    searching = cfg.data.batch_size == "auto"  # a resumed run keeps the size its search chose
+    if searching:  # the search's first batch holds as many samples as it may try
+        cfg.data.batch_size = int(cfg.trainer.batch_size_search.max_batch_size)
+
+    def load_data() -> DataSplits:
+        return build_data(
+            cfg.data,
+            device,
+            seed=cfg.seed,
+            stats=state.get("data_stats") if state else None,
+            limit_batches=cfg.trainer.limit_batches,
+            overfit_batches=cfg.trainer.overfit_batches,
+            # A resume keeps the run's own target statistics and class names.
+            target_stats=state.get("target_stats") if state else None,
+            classes=state.get("classes") if state else None,
+        )
+
+    data = load_data()
     if cfg.data.input_shape is None:  # e.g. a CSV's number of feature columns
         cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
@@ -94,6 +103,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         # Kept in the group, and so in checkpoints: a resume's new optimizer.lr is scaled alike.
         group.setdefault("lr_scale", 1.0)
         group["lr"] *= group["lr_scale"]
+    if searching:  # stored in the run's config, and so in its checkpoints
+        cfg.data.batch_size = search_batch_size(model, loss_fn, optimizer, data, device, cfg)
+        del data  # before loading it again in batches of the chosen size
+        data = load_data()
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
     show(model_summary(model, data.input_shape, device))
     ranks = distributed.rank_and_world_size()[1]
@@ -104,6 +117,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         f"({'in-memory' if data.in_memory else 'DataLoader'} data path)"
         f"{ddp}"
     )
+    if tuner is not None:
+        return tuner(cfg=cfg, model=model, loss_fn=loss_fn, optimizer=optimizer, data=data, device=device, run_dir=run_dir, overrides=overrides)
 
     callbacks = Callbacks({name: build(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items() if node})
     run_info = RunInfo(

@@ -27,6 +27,7 @@ from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
 from src.trainer.loss_log import PendingLosses
+from src.trainer.micro_batches import MicroBatches
 from src.trainer.loggers import Loggers
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.signals import StopRequest
@@ -81,6 +82,7 @@ class Trainer:
         trained = torch.compile(self.ddp or model) if cfg.compile else (self.ddp or model)
         self.train_forward = ForwardPass(trained, loss_fn, device, channels_last, self.precision)
         self.eval_forward = ForwardPass(model if self.distributed else trained, loss_fn, device, channels_last, self.precision)
+        self.micro_batches = MicroBatches(self.train_forward, optimizer, self._backward, device, enabled=not self.distributed)
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
@@ -156,15 +158,8 @@ class Trainer:
         progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start, batch_size=batches.batch_size)
         for batch, (inputs, targets) in enumerate(batches, start=start):
             steps = (batch + 1) % accumulate == 0 or batch + 1 == num_batches  # the accumulation window's last batch
-            with ddp.gradient_sync(self.ddp, steps):
-                outputs, loss = self.train_forward(inputs, targets)
-                if batch == start or batch % accumulate == 0:
-                    # Cleared right before the window's first backward, as in the classic
-                    # loop: clearing right after the step instead lets the next forward
-                    # reuse the gradients' memory, which costs on CPU convnets.
-                    self.optimizer.zero_grad(set_to_none=True)
-                # Averaging over the accumulated batches makes k batches of n one batch of k*n.
-                self._backward(loss if accumulate == 1 else loss / accumulate, batch)
+            with ddp.gradient_sync(self.ddp, steps):  # forward and backward, in pieces once out of memory
+                outputs, loss = self.micro_batches(inputs, targets, batch == start or batch % accumulate == 0, accumulate, batch)
             loss = loss.detach()
             metrics.update(outputs.detach(), targets, loss)
             self.losses.add(loss)
@@ -184,7 +179,7 @@ class Trainer:
         try:
             (self.scaler.scale(loss) if self.scaler.is_enabled() else loss).backward()
         except RuntimeError as err:
-            if not self.cfg.detect_anomaly:
+            if not self.cfg.detect_anomaly or isinstance(err, torch.OutOfMemoryError):
                 raise
             raise stops.anomaly(one_line(err), self.step + 1, self.epoch + 1, batch + 1, self._on_disk()) from err
 

@@ -60,6 +60,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, "one of " + ", ".join(PRECISIONS))
     _check(cfg, "trainer.compile", lambda v: isinstance(v, bool), "true or false")
     _check(cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v, 1), "a positive integer")
+    _check(cfg, "trainer.batch_size_search.max_batch_size", lambda v: _is_int(v, 1), "a positive integer (the largest batch data.batch_size=auto tries)")
+    _check(cfg, "trainer.batch_size_search.memory_margin", lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1) of the device's memory to keep free")
     _check(cfg, "trainer.limit_batches", lambda v: _is_int(v, 1), "a positive integer, or null for all", optional=True)
     _check(cfg, "trainer.overfit_batches", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables)")
     _check(cfg, "trainer.log_histograms_every_n_epochs", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables)")
@@ -82,7 +84,7 @@ def validate_train_config(cfg: DictConfig) -> None:
 
 
 def validate_data_config(cfg: DictConfig) -> None:
-    _check(cfg, "data.batch_size", lambda v: _is_int(v, 1), "a positive integer")
+    _check(cfg, "data.batch_size", lambda v: _is_int(v, 1) or v == "auto", "a positive integer, or auto (the largest batch that fits in memory)")
     _check(cfg, "data.eval_batch_size", lambda v: _is_int(v, 1), "a positive integer")
     _check(cfg, "data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0")
     _check(cfg, "data.val_split", lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)")
