@@ -60,21 +60,51 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
     assert "job 1" in result.stderr and "failed" in result.stderr
 
 
-def test_optuna_search_runs_its_trials_and_continues_its_study(tmp_path: Path) -> None:
-    search = ["hparams_search=mnist_optuna", *QUICK]
-    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    sweep = sweep_dir(tmp_path)
-    assert (sweep / "optuna.db").is_file()
-    rows = summary(sweep)
-    assert len(rows) == 2 and rows[0]["monitor"] == "val/accuracy"
-    assert float(rows[0]["best"]) >= float(rows[1]["best"]), "maximised metric: best first"
+# A search small enough for a test: two epochs per trial, and the median pruner judging
+# from the second trial on (after one whole trial).
+SEARCH = ["hparams_search=mnist_optuna", "data=synthetic", "data.dataset.train_size=500", *FAST]
 
-    # Asking for 3 trials in all runs one more, numbered after the first two.
-    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=3", f"sweep.resume={sweep}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+
+def study_of(sweep: Path) -> "optuna.Study":  # noqa: F821 - imported where used
+    import optuna
+
+    return optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def test_an_optuna_search_prunes_hopeless_trials_plots_them_and_continues_its_study(tmp_path: Path) -> None:
+    search = [*SEARCH, "trainer.epochs=2", "hydra.sweeper.startup_trials=1"]
+    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # a pruned trial is no failure
+    sweep = sweep_dir(tmp_path)
     rows = summary(sweep)
-    assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
+    assert rows[0]["status"] == "completed" and rows[0]["monitor"] == "val/accuracy"
+    (pruned, *_) = [r for r in rows if r["status"] == "pruned"]
+    assert pruned["epochs"] == "1", "stopped after the epoch it was judged on"
+    assert load(tmp_path / pruned["run_dir"] / "checkpoints" / "last.pt")["epoch"] == 1, "with that epoch saved"
+    assert "callbacks.optuna_pruning" not in pruned["overrides"] + pruned["run_dir"], "the trial's bookkeeping stays out of sight"
+    states = {t.number: t.state.name for t in study_of(sweep).trials}
+    assert states[int(pruned["job"])] == "PRUNED" and len(states) == 4
+
+    markdown = (sweep / "summary.md").read_text()
+    for plot in ("plot_trials.png", "plot_optimizer.lr.png", "plot_model.dropout.png", "plot_importances.png"):
+        assert (sweep / plot).stat().st_size > 0 and f"]({plot})" in markdown
+
+    # Asking for 5 trials in all runs one more, numbered after the first four.
+    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=5", f"sweep.resume={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(r["job"] for r in summary(sweep)) == ["0", "1", "2", "3", "4"]
+
+
+def test_two_processes_share_one_study_in_a_new_folder_without_running_a_trial_twice(tmp_path: Path) -> None:
+    sweep = tmp_path / "not" / "yet"  # a sweep folder that does not exist: the first to start creates it
+    search = ["-m", *SEARCH, "trainer.epochs=1", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
+    processes = [start_cli("train.py", *search, cwd=tmp_path) for _ in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=180)
+        assert process.returncode == 0, err
+    trials = study_of(sweep).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2] and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert sorted(r["job"] for r in summary(sweep)) == ["0", "1", "2"], "one folder per trial"
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:

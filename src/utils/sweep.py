@@ -32,7 +32,8 @@ from src.trainer.signals import STOP_EXIT_CODES
 from src.utils.console import report_error, show
 from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write, atomic_write_json
-from src.utils.run_folder import is_locked
+from src.utils.run_folder import LOCK_NAME, is_locked
+from src.utils.sweep_plots import write_plots
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for job_dir in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
         path = job_dir / "metrics.json"
-        record = json.loads(path.read_text()) if path.is_file() else {"status": "running" if is_locked(job_dir) else "interrupted"}
+        record = json.loads(path.read_text()) if path.is_file() else {"status": _unfinished(job_dir)}
         row: dict[str, Any] = {
             "job": job_dir.name.split("_", 1)[0],
             "status": record.get("status", "completed"),
@@ -141,8 +142,14 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """summary.csv and summary.md in the sweep folder, best job first."""
+def _unfinished(job_dir: Path) -> str:
+    """A job without metrics.json: `running` while a process holds its lock (or is about
+    to: a job takes its lock right after Hydra creates its folder), else `interrupted`."""
+    return "running" if is_locked(job_dir) or not (job_dir / LOCK_NAME).exists() else "interrupted"
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], plots: list[Path] | None = None) -> None:
+    """summary.csv and summary.md in the sweep folder, best job first; summary.md shows `plots`."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
@@ -154,6 +161,8 @@ def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in columns) + " |")
     text = f"# Sweep {sweep_dir}\n\n" + "\n".join(lines) + "\n"
+    if plots:
+        text += "\n## Plots\n\n" + "".join(f"![{path.stem}]({path.name})\n\n" for path in plots)
     atomic_write(sweep_dir / "summary.md", lambda f: f.write(text.encode()))
 
 
@@ -178,8 +187,9 @@ def summary_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a --multirun ends, write summary.csv and summary.md, print
-    the leaderboard, and exit non-zero if any job failed."""
+    """Hydra callback: when a --multirun ends, write summary.csv, summary.md and the
+    plots (src/utils/sweep_plots.py), print the leaderboard, and exit non-zero if any
+    job failed (a pruned trial, or one another process still runs, has not)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -187,9 +197,9 @@ class SweepSummary(Callback):
         if not rows:
             log.warning(f"No job folders found in {sweep_dir}: no sweep summary written.")
             return
-        write_summary(sweep_dir, rows)
+        write_summary(sweep_dir, rows, write_plots(sweep_dir, rows, str(config.trainer.monitor), str(config.trainer.mode)))
         show(summary_table(sweep_dir, rows))
-        log.info(f"Sweep summary: {sweep_dir / 'summary.csv'} and summary.md")
+        log.info(f"Sweep summary: {sweep_dir / 'summary.csv'} and summary.md (with its plots)")
         failed = [row for row in rows if row["status"] not in NOT_FAILED]
         for row in failed:
             report_error(f"job {row['job']} ({row['overrides']}) {row['status']}: {row['error'] or 'no metrics.json'}")
