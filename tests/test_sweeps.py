@@ -62,7 +62,7 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
 
 # A search small enough for a test: two epochs per trial, and the median pruner judging
 # from the second trial on (after one whole trial).
-SEARCH = ["hparams_search=mnist_optuna", "data=synthetic", "data.dataset.train_size=500", *FAST]
+SEARCH = ["hparams_search=mnist_optuna", "data=synthetic", "data.dataset.train_size=300", "data.dataset.test_size=100", "logger=[]", *FAST]
 
 
 def study_of(sweep: Path) -> "optuna.Study":  # noqa: F821 - imported where used
