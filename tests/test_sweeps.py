@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from conftest import FAST, cli_env, load, run_cli, run_dirs, start_cli, wait_for_line, with_fault
 from src.utils import config as config_module
@@ -65,7 +66,8 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
 SEARCH = ["hparams_search=mnist_optuna", "data=synthetic", "data.dataset.train_size=300", "data.dataset.test_size=100", "logger=[]", *FAST]
 
 
-def study_of(sweep: Path) -> "optuna.Study":  # noqa: F821 - imported where used
+def study_of(sweep: Path) -> Any:
+    """The Optuna study of an `hparams_search=mnist_optuna` sweep folder."""
     import optuna
 
     return optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")

@@ -24,7 +24,7 @@ from src.utils.optuna_search import STORAGE_NAME, default_storage
 log = logging.getLogger(__name__)
 
 # Log-scale axes for hyperparameters whose swept values span this factor or more.
-LOG_SPAN = 100
+LOG_SPAN = 20
 
 
 def write_plots(sweep_dir: Path, rows: list[dict[str, Any]], monitor: str, mode: str) -> list[Path]:
