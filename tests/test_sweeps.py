@@ -48,6 +48,9 @@ def test_grid_sweep_writes_one_folder_per_job_and_a_leaderboard(tmp_path: Path) 
     assert best == sorted(best), "best (lowest val/loss) first"
     assert "test/accuracy" in rows[0] and rows[0]["run_dir"]
     assert (sweep / "summary.md").read_text().count("| completed |") == 4
+    for plot in ("plot_trials.png", "plot_optimizer.lr.png"):  # a grid's plots too; `model` is no number
+        assert (sweep / plot).is_file() and f"]({plot})" in (sweep / "summary.md").read_text()
+    assert not (sweep / "plot_model.png").exists()
     assert "(best first)" in result.stdout
     assert run_dirs(tmp_path) == [], "no stray single-run folder"
 
@@ -219,3 +222,30 @@ def test_job_folder_names_stay_one_level_and_short() -> None:
     assert config_module.job_dirname(0, "") == "0"
     long = config_module.job_dirname(7, ",".join(f"model.p{i}=0.123456789012345" for i in range(20)))
     assert len(long) <= 120 and long.startswith("7_model.p0=")
+
+
+def test_the_search_space_is_read_from_hydras_sweep_grammar() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from src.utils.optuna_search import search_space
+
+    params, fixed = search_space(
+        ["optimizer.lr=tag(log, interval(1e-4, 1e-2))", "model.dropout=interval(0, 0.5)", "+model.depth=range(1, 7, 2)",
+         "model.hidden_sizes=choice([256], [256,128])", "data=mnist"]
+    )
+    assert params["optimizer.lr"].distribution == FloatDistribution(1e-4, 1e-2, log=True)
+    assert params["model.dropout"].distribution == FloatDistribution(0.0, 0.5)
+    assert params["model.depth"].distribution == IntDistribution(1, 5, step=2)
+    assert params["model.depth"].override(3) == "+model.depth=3", "the override keeps its prefix"
+    assert params["model.hidden_sizes"].distribution == CategoricalDistribution(["[256]", "[256,128]"])
+    assert fixed == ["data=mnist"]
+
+
+def test_a_sweep_without_matplotlib_says_so_in_one_line(tmp_path: Path, monkeypatch, caplog) -> None:
+    from src.utils.sweep_plots import write_plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    rows = [{"job": "0", "status": "completed", "overrides": "optimizer.lr=0.1", "best": 0.5, "epochs": 1}]
+    with caplog.at_level("INFO"):
+        assert write_plots(tmp_path, rows, "val/loss", "min") == []
+    assert "matplotlib is not installed" in caplog.text and list(tmp_path.iterdir()) == []
