@@ -44,11 +44,13 @@ class OptunaSweeper(Sweeper):
         seed: int | None = None,
         pruner: str = "median",
         startup_trials: int = 5,
+        percentile: float = 25.0,
         storage: str | None = None,
         params: dict[str, str] | None = None,
     ) -> None:
         self.study_name, self.direction, self.n_trials, self.n_jobs = study_name, direction, n_trials, n_jobs
-        self.sampler, self.seed, self.pruner, self.startup_trials, self.storage = sampler, seed, pruner, startup_trials, storage
+        self.sampler, self.seed, self.pruner, self.storage = sampler, seed, pruner, storage
+        self.startup_trials, self.percentile = startup_trials, percentile
         self.params = dict(params or {})
         self.config: DictConfig | None = None
         self.launcher: Launcher | None = None
@@ -76,7 +78,7 @@ class OptunaSweeper(Sweeper):
         from src.utils import optuna_search as search
 
         assert self.config is not None and self.launcher is not None
-        search.check_settings(self.sampler, self.pruner, self.direction, self.n_trials, self.n_jobs, self.startup_trials)
+        search.check_settings(self.sampler, self.pruner, self.direction, self.n_trials, self.n_jobs, self.startup_trials, self.percentile)
         params, fixed = search.search_space([f"{key}={value}" for key, value in self.params.items()] + list(arguments))
         # The folder comes first: a sweep folder named on the command line may not exist yet.
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -119,7 +121,7 @@ class OptunaSweeper(Sweeper):
 
         assert self.launcher is not None
         if self.pruner != "none":
-            batch = [[*overrides, pruning_override(PRUNING_CALLBACK, url, self.study_name, number, self.pruner, self.startup_trials)] for number, overrides in zip(numbers, batch)]
+            batch = [[*overrides, pruning_override(PRUNING_CALLBACK, url, self.study_name, number, self.pruner, self.startup_trials, self.percentile)] for number, overrides in zip(numbers, batch)]
         self.validate_batch_is_legal(batch)
         results = self.launcher.launch(batch, initial_job_idx=numbers[0])
         for number, result in zip(numbers, results):

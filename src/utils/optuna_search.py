@@ -23,7 +23,7 @@ from hydra.core.override_parser.types import Override
 from src.utils.errors import UserError
 
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "percentile", "hyperband", "none")
 DIRECTIONS = {"min": "minimize", "max": "maximize", "minimize": "minimize", "maximize": "maximize"}
 # The study's file in the sweep folder, and the lock that makes asking for trials one at a time.
 STORAGE_NAME = "optuna.db"
@@ -80,7 +80,7 @@ def _all_ints(override: Override) -> bool:
     return all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step))
 
 
-def check_settings(sampler: str, pruner: str, direction: str, n_trials: Any, n_jobs: Any, startup_trials: Any) -> None:
+def check_settings(sampler: str, pruner: str, direction: str, n_trials: Any, n_jobs: Any, startup_trials: Any, percentile: Any) -> None:
     """A clear error for a sweeper setting with no meaning."""
     for key, value, accepted in (("sampler", sampler, SAMPLERS), ("pruner", pruner, PRUNERS), ("direction", direction, tuple(DIRECTIONS))):
         if value not in accepted:
@@ -88,6 +88,8 @@ def check_settings(sampler: str, pruner: str, direction: str, n_trials: Any, n_j
     for key, value, minimum in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1), ("startup_trials", startup_trials, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise UserError(f"Invalid value hydra.sweeper.{key}={value!r}: expected an integer of at least {minimum}.")
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0 < percentile < 100:
+        raise UserError(f"Invalid value hydra.sweeper.percentile={percentile!r}: expected a number between 0 and 100 (the share of trials kept, in percent).")
 
 
 def default_storage(sweep_dir: Path) -> str:
@@ -112,25 +114,28 @@ def make_sampler(name: str, seed: int | None) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def make_pruner(name: str, epochs: int, startup_trials: int) -> Any:
+def make_pruner(name: str, epochs: int, startup_trials: int, percentile: float) -> Any:
     """Median: stop a trial whose metric after an epoch is worse than the median of the
-    earlier trials' at that epoch, once `startup_trials` trials have finished. Hyperband:
-    successive halving over 1 to `epochs` epochs. None: never stop a trial."""
+    finished trials' at that epoch, once `startup_trials` trials have finished.
+    Percentile: the same, keeping only trials in the best `percentile` percent.
+    Hyperband: successive halving over 1 to `epochs` epochs. None: never stop a trial."""
     import optuna
 
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=startup_trials)
+    if name == "percentile":
+        return optuna.pruners.PercentilePruner(percentile, n_startup_trials=startup_trials)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
     return optuna.pruners.NopPruner()
 
 
-def pruning_override(name: str, storage: str, study: str, trial: int, pruner: str, startup_trials: int) -> str:
+def pruning_override(name: str, storage: str, study: str, trial: int, pruner: str, startup_trials: int, percentile: float) -> str:
     """The override that gives one job the pruning callback, naming its study and trial."""
     from src.utils.run_folder import quoted
 
     target = "src.trainer.callbacks.optuna_pruning.OptunaPruning"
-    return f"++callbacks.{name}={{_target_:{target},storage:{quoted(storage)},study:{quoted(study)},trial:{trial},pruner:{pruner},startup_trials:{startup_trials}}}"
+    return f"++callbacks.{name}={{_target_:{target},storage:{quoted(storage)},study:{quoted(study)},trial:{trial},pruner:{pruner},startup_trials:{startup_trials},percentile:{percentile}}}"
 
 
 def is_pruning_override(override: str) -> bool:

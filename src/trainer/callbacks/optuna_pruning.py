@@ -17,14 +17,15 @@ log = logging.getLogger(__name__)
 
 
 class OptunaPruning(Callback):
-    def __init__(self, storage: str, study: str, trial: int, pruner: str = "median", startup_trials: int = 5) -> None:
+    def __init__(self, storage: str, study: str, trial: int, pruner: str = "median", startup_trials: int = 5, percentile: float = 25.0) -> None:
         from src.utils.optuna_search import PRUNERS
 
         if pruner not in PRUNERS:
             from src.utils.errors import UserError
 
             raise UserError(f"Invalid value pruner={pruner!r} for the Optuna pruning callback: expected one of {', '.join(PRUNERS)}.")
-        self.storage, self.study_name, self.number, self.pruner, self.startup_trials = storage, study, trial, pruner, startup_trials
+        self.storage, self.study_name, self.number = storage, study, trial
+        self.pruner, self.startup_trials, self.percentile = pruner, startup_trials, percentile
         self.trial: Any = None
 
     def on_fit_start(self, trainer: Any) -> None:
@@ -33,7 +34,7 @@ class OptunaPruning(Callback):
         from src.utils.optuna_search import make_pruner, open_storage
 
         storage = open_storage(self.storage)
-        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=make_pruner(self.pruner, int(trainer.cfg.epochs), self.startup_trials))
+        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=make_pruner(self.pruner, int(trainer.cfg.epochs), self.startup_trials, self.percentile))
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study_name), self.number)
         if storage.get_trial(trial_id).state.is_finished():  # e.g. a finished trial's checkpoint resumed by hand
             log.warning(f"Optuna trial {self.number} of study {self.study_name!r} is already finished: its epochs are not reported.")
