@@ -121,7 +121,8 @@ class OptunaSweeper(Sweeper):
 
         assert self.launcher is not None
         if self.pruner != "none":
-            batch = [[*overrides, pruning_override(PRUNING_CALLBACK, url, self.study_name, number, self.pruner, self.startup_trials, self.percentile)] for number, overrides in zip(numbers, batch)]
+            settings = (self.pruner, self.startup_trials, self.percentile)
+            batch = [[*overrides, pruning_override(PRUNING_CALLBACK, url, self.study_name, number, *settings)] for number, overrides in zip(numbers, batch)]
         self.validate_batch_is_legal(batch)
         results = self.launcher.launch(batch, initial_job_idx=numbers[0])
         for number, result in zip(numbers, results):
