@@ -23,7 +23,8 @@ from src.utils.optuna_search import STORAGE_NAME, default_storage
 
 log = logging.getLogger(__name__)
 
-# Log-scale axes for hyperparameters whose swept values span this factor or more.
+# A hyperparameter's axis is logarithmic when its values span this factor or more and
+# crowd at the low end (as a log-scale search's do: a learning rate, not a dropout).
 LOG_SPAN = 20
 
 
@@ -87,7 +88,7 @@ def _against(sweep_dir: Path, jobs: list[dict[str, Any]], monitor: str, key: str
     ax = fig.add_subplot()
     colors = ["tab:red" if row["status"] == "pruned" else "tab:blue" for row in jobs]
     ax.scatter(values, [float(row["best"]) for row in jobs], c=colors)
-    if min(values) > 0 and max(values) / min(values) >= LOG_SPAN:
+    if _log_scaled(values):
         ax.set_xscale("log")
     ax.set(xlabel=key, ylabel=f"best {monitor}", title=f"{monitor} against {key}" + (" (red: pruned)" if "tab:red" in colors else ""))
     ax.grid(alpha=0.3)
@@ -116,6 +117,14 @@ def _importances(sweep_dir: Path) -> list[Path]:
         ax.set(xlabel="importance (share of the metric's variance, fANOVA)", title=f"Hyperparameter importances: study {name}")
         paths.append(_save(fig, sweep_dir / ("plot_importances.png" if len(names) == 1 else f"plot_importances_{name}.png")))
     return paths
+
+
+def _log_scaled(values: list[float]) -> bool:
+    low, high = min(values), max(values)
+    if low <= 0 or high / low < LOG_SPAN:
+        return False
+    median = sorted(values)[len(values) // 2]
+    return (median - low) / (high - low) < 0.25
 
 
 def _save(fig: Any, path: Path) -> Path:
