@@ -44,7 +44,7 @@ from src.utils.errors import RunStopped
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
-from src.utils.sweep import resume_command
+from src.utils.sweep import job_overrides, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ex
     """metrics.json; the hyperparameters with the best and test metrics, the test's
     extras (as `test/<name>` images, once, at the last step) and the best checkpoint,
     to the loggers."""
-    results = _results(trainer, run_dir, seconds, status="completed", test=test)
+    results = _results(trainer, run_dir, seconds, status=trainer.stop_requested or "completed", test=test)
     results.update({f"test_{name}": extra.to_json() for name, extra in extras.items()})
     try:
         atomic_write_json(run_dir / "metrics.json", results)
@@ -187,7 +187,7 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ex
 
 # Config keys and groups that say where a run reads and writes (this machine's paths)
 # or how it reports, not what it trains: never hyperparameters.
-NOT_HYPERPARAMETERS = ("data.root", "data.path", "data.dataset.root", "data.dataset.path", "resume", "sweep", "name", "logger", "hparams_search", "trainer.device", "trainer.progress", "print_config")
+NOT_HYPERPARAMETERS = ("data.root", "data.path", "data.dataset.root", "data.dataset.path", "resume", "sweep", "name", "logger", "hparams_search", "trainer.device", "trainer.progress", "print_config", "callbacks.optuna_pruning")
 
 
 def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> Hyperparameters:
@@ -262,7 +262,7 @@ def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) ->
         "history": trainer.history,
         "run_dir": str(run_dir),
         "best_checkpoint": str(best_checkpoint) if best_checkpoint.is_file() else None,
-        "overrides": list(HydraConfig.get().overrides.task),
+        "overrides": job_overrides(list(HydraConfig.get().overrides.task)),
         "wall_seconds": seconds,
     }
 

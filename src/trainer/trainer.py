@@ -101,6 +101,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.early_stopping = EarlyStopping(cfg.mode, cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         self.stopped_early = False
+        self.stop_requested: str | None = None  # a callback's status for ending after this epoch ("pruned")
         self.stop = StopRequest()
         self.stopping = 0  # the signal every rank agreed to stop for (0: none)
         self.losses = PendingLosses()
@@ -114,7 +115,7 @@ class Trainer:
         bar = make_progress(self.cfg.progress if self.rank_zero else "none")
         with self.stop, anomaly, bar as progress:
             self.callbacks.call("on_fit_start", self)
-            while self.epoch < self.cfg.epochs and not self.stopped_early:
+            while self.epoch < self.cfg.epochs and not self.stopped_early and not self.stop_requested:
                 started, lr = time.perf_counter(), self.optimizer.param_groups[0]["lr"]
                 self.callbacks.call("on_train_epoch_start", self)
                 metrics = self.train_epoch(progress)
