@@ -51,13 +51,16 @@ def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, An
     data_cfg = _data_config(cfg, trained, data_chosen, path)
 
     device = resolve_device(cfg.device, key="device")
-    data = build_data(data_cfg, device, seed=trained.seed, splits=(cfg.split,), stats=state.get("data_stats"))
+    # The run's statistics and class names: new data is standardised and labelled as in training.
+    data = build_data(
+        data_cfg, device, seed=trained.seed, splits=(cfg.split,), stats=state.get("data_stats"), classes=state.get("classes")
+    )
     batches = data.test if cfg.split == "test" else data.val
     if batches is None:
         raise UserError(f"split=val but the data config has no validation set (data.val_split={data_cfg.val_split}); use split=test.")
     model = build("model", trained.model).to(device)
     load_model_state(model, state["model"], path)
-    task = get_task(data_cfg)
+    task = get_task(data_cfg, state.get("target_stats"))
     loss_fn = task.loss(instantiate(trained.loss))
 
     precision = str(trained.trainer.get("precision", "32"))

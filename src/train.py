@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from src.data.builder import build_data
+from src.data.builder import DataSplits, build_data
 from src.trainer import stops
 from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
@@ -34,6 +34,7 @@ from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
 from src.trainer.tasks import Extra, get_task
+from src.tune.batch_size import search_batch_size
 from src.utils import distributed
 from src.utils.build import build
 from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
@@ -43,7 +44,7 @@ from src.utils.errors import RunStopped
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
-from src.utils.sweep import resume_command
+from src.utils.sweep import job_overrides, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -68,29 +69,44 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
     overrides = list(HydraConfig.get().overrides.task)
     show(config_tree(cfg) if cfg.print_config == "full" else config_summary(cfg, _group_choices(state), overrides))
+    tuner = build("tune", cfg.tune) if cfg.get("tune") else None  # e.g. tune=lr_find: a report instead of a run
     # Each torchrun rank draws its own random numbers (dropout, say); DDP starts every
     # rank from rank 0's initial weights.
     seed_everything(cfg.seed + distributed.rank())
     set_deterministic(cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    data = build_data(
-        cfg.data,
-        device,
-        seed=cfg.seed,
-        stats=state.get("data_stats") if state else None,
-        limit_batches=cfg.trainer.limit_batches,
-        overfit_batches=cfg.trainer.overfit_batches,
-    )
+    searching = cfg.data.batch_size == "auto"  # a resumed run keeps the size its search chose
+    if searching:  # the search's first batch holds as many samples as it may try
+        cfg.data.batch_size = int(cfg.trainer.batch_size_search.max_batch_size)
+
+    def load_data() -> DataSplits:
+        return build_data(
+            cfg.data,
+            device,
+            seed=cfg.seed,
+            stats=state.get("data_stats") if state else None,
+            limit_batches=cfg.trainer.limit_batches,
+            overfit_batches=cfg.trainer.overfit_batches,
+            # A resume keeps the run's own target statistics and class names.
+            target_stats=state.get("target_stats") if state else None,
+            classes=state.get("classes") if state else None,
+        )
+
+    data = load_data()
     if cfg.data.input_shape is None:  # e.g. a CSV's number of feature columns
         cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
-    task = get_task(cfg.data)
+    task = get_task(cfg.data, data.target_stats)
     loss_fn = task.loss(build("loss", cfg.loss))
     optimizer = build("optimizer", cfg.optimizer, parameter_groups(model))
     for group in optimizer.param_groups:  # e.g. a pretrained backbone learning slower than its head
         # Kept in the group, and so in checkpoints: a resume's new optimizer.lr is scaled alike.
         group.setdefault("lr_scale", 1.0)
         group["lr"] *= group["lr_scale"]
+    if searching:  # stored in the run's config, and so in its checkpoints
+        cfg.data.batch_size = search_batch_size(model, loss_fn, optimizer, data, device, cfg)
+        del data  # before loading it again in batches of the chosen size
+        data = load_data()
     scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
     show(model_summary(model, data.input_shape, device))
     ranks = distributed.rank_and_world_size()[1]
@@ -101,9 +117,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         f"({'in-memory' if data.in_memory else 'DataLoader'} data path)"
         f"{ddp}"
     )
+    if tuner is not None:
+        return tuner(cfg=cfg, model=model, loss_fn=loss_fn, optimizer=optimizer, data=data, device=device, run_dir=run_dir, overrides=overrides)
 
     callbacks = Callbacks({name: build(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items() if node})
-    run_info = RunInfo(OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features)
+    run_info = RunInfo(
+        OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features, data.target_stats
+    )
     trainer = Trainer(
         model=model,
         loss_fn=loss_fn,
@@ -150,7 +170,7 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ex
     """metrics.json; the hyperparameters with the best and test metrics, the test's
     extras (as `test/<name>` images, once, at the last step) and the best checkpoint,
     to the loggers."""
-    results = _results(trainer, run_dir, seconds, status="completed", test=test)
+    results = _results(trainer, run_dir, seconds, status=trainer.stop_requested or "completed", test=test)
     results.update({f"test_{name}": extra.to_json() for name, extra in extras.items()})
     try:
         atomic_write_json(run_dir / "metrics.json", results)
@@ -167,7 +187,7 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ex
 
 # Config keys and groups that say where a run reads and writes (this machine's paths)
 # or how it reports, not what it trains: never hyperparameters.
-NOT_HYPERPARAMETERS = ("data.root", "data.path", "data.dataset.root", "data.dataset.path", "resume", "sweep", "name", "logger", "hparams_search", "trainer.device", "trainer.progress", "print_config")
+NOT_HYPERPARAMETERS = ("data.root", "data.path", "data.dataset.root", "data.dataset.path", "resume", "sweep", "name", "logger", "hparams_search", "trainer.device", "trainer.progress", "print_config", "callbacks.optuna_pruning")
 
 
 def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> Hyperparameters:
@@ -242,7 +262,7 @@ def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) ->
         "history": trainer.history,
         "run_dir": str(run_dir),
         "best_checkpoint": str(best_checkpoint) if best_checkpoint.is_file() else None,
-        "overrides": list(HydraConfig.get().overrides.task),
+        "overrides": job_overrides(list(HydraConfig.get().overrides.task)),
         "wall_seconds": seconds,
     }
 

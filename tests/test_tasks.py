@@ -3,6 +3,7 @@ how targets reach the loss, and a multi-label table trained through the CLI."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -94,6 +95,18 @@ def test_regression_metrics() -> None:
     targets = torch.tensor([1.0, 2.0, 3.0, 4.0])  # errors 0, 0, 0, 2 around a mean of 2.5
     values = run_batches(Regression(num_outputs=1).metrics(CPU), [(outputs, targets, 0.5)])
     assert values == {"loss": 0.5, "mse": 1.0, "mae": 0.5, "r2": pytest.approx(1 - 4 / 5)}
+
+
+def test_standardised_regression_trains_on_z_scores_and_reports_in_the_targets_units() -> None:
+    """A price column of mean 1e5 and std 2e4: the model outputs (price - 1e5) / 2e4."""
+    task = Regression(num_outputs=1, target_stats={"mean": [1e5], "std": [2e4]})
+    prices = torch.tensor([80e3, 100e3, 140e3])
+    outputs = torch.tensor([[-1.0], [0.0], [2.5]])  # 80e3, 100e3, 150e3 in prices
+    assert task.loss(nn.MSELoss())(outputs, prices).item() == pytest.approx(0.25 / 3)  # only the last is off, by 0.5
+    values = run_batches(task.metrics(CPU), [(outputs, prices, 0.25 / 3)])
+    assert values["mse"] == pytest.approx(10e3**2 / 3) and values["mae"] == pytest.approx(10e3 / 3)
+    stats = Regression.target_statistics(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
+    assert stats == {"mean": [2.0, 5.0], "std": [pytest.approx(2**0.5), 1.0]}, "a constant column is only shifted"
 
 
 def test_multilabel_metrics() -> None:
@@ -240,6 +253,18 @@ def test_a_linear_model_learns_a_multilabel_table(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     record = json.loads((run_dir / "checkpoints" / "best.test.json").read_text())
     assert record["metrics"] == test and "confusion_matrix" not in record
+
+    # predict.py: per label, 1 when its probability is above 0.5, and the probability.
+    output = tmp_path / "labels_predicted.csv"
+    result = run_cli("predict.py", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", f"inputs={table}", f"output={output}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(output.open()))
+    assert list(rows[0]) == ["input", "a", "a_probability", "b", "b_probability", "c", "c_probability"]
+    for row in rows:
+        assert all(row[label] == str(int(float(row[f"{label}_probability"]) > 0.5)) for label in "abc")
+    truth = list(csv.DictReader(table.open()))
+    right = sum(all(row[label] == true[label] for label in "abc") for row, true in zip(rows, truth))
+    assert right / len(rows) >= 0.85
 
 
 def test_a_multilabel_table_with_a_class_index_loss_says_which_loss_to_use(tmp_path: Path) -> None:

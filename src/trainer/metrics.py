@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from src.trainer.class_report import ClassReport, ConfusionMatrix, class_labels, class_scores, macro_averages
+from src.trainer.losses import TargetScale
 from src.trainer.tasks.base import Extra
 from src.utils.distributed import sum_across_ranks
 
@@ -171,9 +172,11 @@ class SummedMetrics:
 
 class RegressionMetrics(SummedMetrics):
     """Mean loss, mean squared and absolute error, and R² (averaged over the outputs),
-    from running sums on the device; `names` gives their four names."""
+    from running sums on the device; `names` gives their four names. With `scale`, the
+    outputs are standardised targets, mapped back to the targets' units before comparing."""
 
-    def __init__(self, num_outputs: int, device: torch.device, names: list[str]) -> None:
+    def __init__(self, num_outputs: int, device: torch.device, names: list[str], scale: TargetScale | None = None) -> None:
+        self.scale = scale
         zeros = lambda: torch.zeros(num_outputs, dtype=torch.float64, device=device)  # noqa: E731
         # Per output: sum of squared and absolute errors, of targets and of squared targets.
         super().__init__(device, names, {"sq_err": zeros(), "abs_err": zeros(), "y": zeros(), "y_sq": zeros()})
@@ -183,7 +186,10 @@ class RegressionMetrics(SummedMetrics):
         n = targets.shape[0]
         self._add_loss(loss, n)
         y = targets.reshape(n, -1).double()
-        error = outputs.reshape(n, -1).double() - y
+        predicted = outputs.reshape(n, -1).double()
+        if self.scale is not None:
+            predicted = self.scale.to_units(predicted)
+        error = predicted - y
         self.sums["sq_err"].add_(error.square().sum(dim=0))
         self.sums["abs_err"].add_(error.abs().sum(dim=0))
         self.sums["y"].add_(y.sum(dim=0))

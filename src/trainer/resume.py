@@ -47,6 +47,8 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
         key = override.key_or_group
         if key in ("resume", "logger") or key.startswith("hydra"):
             continue
+        if key == "data.batch_size" and override.value() == "auto":
+            continue  # the size the run's search chose is in its config
         if key in groups:
             if saved_choices.get(key) == override.value():
                 continue

@@ -38,6 +38,8 @@ from src.trainer.signals import STOP_EXIT_CODES
 from src.utils.console import report_error, show
 from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write, atomic_write_json
+from src.utils.run_folder import LOCK_NAME, is_locked
+from src.utils.sweep_plots import write_plots
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +89,28 @@ def run_sweep_job(task: Callable[[], float], job_dir: Path, overrides: list[str]
     return math.nan
 
 
+# How a job ended without failing: it trained all its epochs, or Optuna's pruner
+# stopped it early (a search's decision, not an error). `running`: another sweep
+# process on the same study still holds its folder.
+FINISHED = ("completed", "pruned")
+NOT_FAILED = (*FINISHED, "running")
+
+
 def finished_job_metric(job_dir: Path) -> float | None:
     """The best metric of a job that already finished (for `sweep.resume`), else None."""
     path = job_dir / "metrics.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return float(record["best_metric"]) if record.get("status") == "completed" else None
+    return float(record["best_metric"]) if record.get("status") in FINISHED else None
+
+
+def job_overrides(overrides: list[str]) -> list[str]:
+    """A job's overrides as the leaderboard shows them: without the one that gives an
+    Optuna trial its pruning callback (it names the study, not what the job trains)."""
+    from src.utils.optuna_search import is_pruning_override
+
+    return [override for override in overrides if not is_pruning_override(override)]
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -101,7 +118,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for job_dir in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
         path = job_dir / "metrics.json"
-        record = json.loads(path.read_text()) if path.is_file() else {"status": "interrupted"}
+        record = json.loads(path.read_text()) if path.is_file() else {"status": _unfinished(job_dir)}
         row: dict[str, Any] = {
             "job": job_dir.name.split("_", 1)[0],
             "status": record.get("status", "completed"),
@@ -109,6 +126,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "monitor": record.get("monitor", ""),
             "best": record.get("best_metric"),
             "best_epoch": record.get("best_epoch"),
+            "epochs": record.get("epochs_run"),
         }
         row.update(record.get("test", {}))
         row["wall_seconds"] = round(record["wall_seconds"], 1) if "wall_seconds" in record else None
@@ -118,10 +136,11 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         rows.append(row)
 
     def order(row: dict[str, Any]) -> tuple[int, float]:
+        """Completed jobs best first, then pruned ones best first, then the rest."""
         best = row["best"]
-        if row["status"] != "completed" or best is None or math.isnan(best):
-            return (1, 0.0)
-        return (0, best if row["_mode"] == "min" else -best)
+        if row["status"] not in FINISHED or best is None or math.isnan(best):
+            return (2, 0.0)
+        return (FINISHED.index(row["status"]), best if row["_mode"] == "min" else -best)
 
     rows.sort(key=order)
     for row in rows:
@@ -162,14 +181,23 @@ def fold_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
     return sorted(summaries, key=order)
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], folds: list[dict[str, Any]] | None = None) -> None:
+def _unfinished(job_dir: Path) -> str:
+    """A job without metrics.json: `running` while a process holds its lock (or is about
+    to: a job takes its lock right after Hydra creates its folder), else `interrupted`."""
+    return "running" if is_locked(job_dir) or not (job_dir / LOCK_NAME).exists() else "interrupted"
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], folds: list[dict[str, Any]] | None = None, plots: list[Path] | None = None) -> None:
     """summary.csv and summary.md in the sweep folder, best job first; with `folds`
-    (from `fold_rows`), summary_folds.csv and a section of summary.md, best mean first."""
+    (from `fold_rows`), summary_folds.csv and a section of summary.md, best mean first;
+    summary.md shows `plots`."""
     _write_csv(sweep_dir / "summary.csv", rows)
     text = f"# Sweep {sweep_dir}\n\n" + _markdown_table(rows)
     if folds:
         _write_csv(sweep_dir / "summary_folds.csv", folds)
         text += "\n## Cross-validation: mean ± standard deviation over the folds\n\n" + _markdown_table([_mean_and_std(s) for s in folds])
+    if plots:
+        text += "\n## Plots\n\n" + "".join(f"![{path.stem}]({path.name})\n\n" for path in plots)
     atomic_write(sweep_dir / "summary.md", lambda f: f.write(text.encode()))
 
 
@@ -228,15 +256,16 @@ def summary_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
     for column in shown:
         table.add_column(column, justify="right" if column not in ("status", "overrides", "monitor") else "left")
     for row in rows:
-        style = "red" if row["status"] != "completed" else None
+        style = "red" if row["status"] not in NOT_FAILED else None
         # Text, not markup: rich would take `logger=[tensorboard,csv]` for a style tag and drop it.
         table.add_row(*(Text(_cell(row.get(c))) for c in shown), style=style)
     return table
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a --multirun ends, write summary.csv and summary.md, print
-    the leaderboard, and exit non-zero if any job failed."""
+    """Hydra callback: when a --multirun ends, write summary.csv, summary.md and the
+    plots (src/utils/sweep_plots.py), print the leaderboard, and exit non-zero if any
+    job failed (a pruned trial, or one another process still runs, has not)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -245,12 +274,12 @@ class SweepSummary(Callback):
             log.warning(f"No job folders found in {sweep_dir}: no sweep summary written.")
             return
         folds = fold_rows(rows, str(config.trainer.mode))
-        write_summary(sweep_dir, rows, folds)
+        write_summary(sweep_dir, rows, folds, write_plots(sweep_dir, rows, str(config.trainer.monitor), str(config.trainer.mode)))
         show(summary_table(sweep_dir, rows))
         if folds:
             show(fold_table(folds))
-        log.info(f"Sweep summary: {sweep_dir / 'summary.csv'} and summary.md")
-        failed = [row for row in rows if row["status"] != "completed"]
+        log.info(f"Sweep summary: {sweep_dir / 'summary.csv'} and summary.md (with its plots)")
+        failed = [row for row in rows if row["status"] not in NOT_FAILED]
         for row in failed:
             report_error(f"job {row['job']} ({row['overrides']}) {row['status']}: {row['error'] or 'no metrics.json'}")
         if failed:

@@ -19,6 +19,10 @@ the weights stays the same on each); a callback that writes files checks
                                                 about to be written (the callback may add to it)
     on_fit_end(trainer)                         once, after the last epoch, before the test (not after a signal)
 
+A callback ends training after the current epoch by setting `trainer.stop_requested` to
+the run's status in metrics.json (the Optuna pruning callback sets "pruned") in
+`on_validation_end`; that epoch's checkpoints are saved and best.pt is tested as usual.
+
 `state_dict()` and `load_state_dict(state)`, when defined, save the callback's state in
 the checkpoint under `callbacks.<name>`, so a resumed run continues it exactly. The
 state is taken after `on_checkpoint`, so what that hook changes is in the checkpoint it

@@ -74,9 +74,15 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    # One class per sample and one output per class: a table's default data.num_outputs
+    # is data.num_classes, and its target column may hold class names.
+    one_output_per_class: ClassVar[bool] = False
 
-    def __init__(self, num_outputs: int) -> None:
+    def __init__(self, num_outputs: int, target_stats: dict[str, list[float]] | None = None) -> None:
         self.num_outputs = num_outputs
+        # The training split's per-column target mean and std, when the task trains on
+        # standardised targets (see `target_statistics`); None: targets as they are.
+        self.target_stats = target_stats
 
     @abstractmethod
     def metric_names(self, training: bool = False) -> list[str]:
@@ -96,6 +102,12 @@ class Task(ABC):
     def loss(self, loss_fn: nn.Module) -> nn.Module:
         """`loss_fn`, wrapped if targets must be prepared for it (e.g. one-hot encoded)."""
         return loss_fn
+
+    @classmethod
+    def target_statistics(cls, targets: torch.Tensor) -> dict[str, list[float]] | None:
+        """The statistics to standardise the training targets with (data.standardize_target),
+        or None for a task whose targets are not standardised (class indices, 0/1 labels)."""
+        return None
 
     @classmethod
     def targets_from_table(cls, values: torch.Tensor, columns: list[str], path: str, num_classes: int | None) -> torch.Tensor:

@@ -23,6 +23,7 @@ class Classification(Task):
     bce) get the class index one-hot encoded."""
 
     name = "classification"
+    one_output_per_class = True
 
     def metric_names(self, training: bool = False) -> list[str]:
         if training:
@@ -31,6 +32,14 @@ class Classification(Task):
 
     def check_data(self, data: DictConfig) -> None:
         num_classes = data.get("num_classes")
+        if num_classes is None:
+            if data.get("root"):  # a folder's classes are counted from its class folders
+                raise UserError(
+                    f"data.num_classes is not set, and data={data.get('name')} could not count the classes from "
+                    f"data.root={data.root!r}, which is not a folder of class folders. Point data.root at a folder "
+                    f"of <class>/<image> folders, or give the number of classes as data.num_classes=N."
+                )
+            raise UserError(f"data.num_classes is not set: data={data.get('name')} needs the number of classes as data.num_classes=N.")
         if type(num_classes) is not int or num_classes < 2:
             raise UserError(f"Invalid value data.num_classes={num_classes!r}: expected an integer >= 2 (the number of classes).")
         if self.num_outputs != num_classes:
