@@ -73,6 +73,7 @@ class Task(ABC):
     loss) and `targets_from_table` (how a CSV's target columns become targets).
     """
 
+    # A shipped task's `data.task` name; a task of yours is named by its dotted path.
     name: ClassVar[str]
     # One class per sample and one output per class: a table's default data.num_outputs
     # is data.num_classes, and its target column may hold class names.
@@ -113,7 +114,8 @@ class Task(ABC):
     def targets_from_table(cls, values: torch.Tensor, columns: list[str], path: str, num_classes: int | None) -> torch.Tensor:
         """The targets of a CSV's rows from its target columns (`values`: float32, one
         column per name in `columns`); a UserError names a value that does not fit."""
-        raise UserError(f"data.task={cls.name} takes no targets from a CSV table; use a dataset class of its own.")
+        name = getattr(cls, "name", f"{cls.__module__}.{cls.__qualname__}")
+        raise UserError(f"data.task={name} takes no targets from a CSV table; use a dataset class of its own.")
 
 
 def check_not_class_index_loss(task: str, loss_target: str | None, advice: str) -> None:
