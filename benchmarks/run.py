@@ -82,7 +82,7 @@ def alternate(work: dict[str, Callable[[], int]], rounds: int, min_seconds: floa
     for round_ in range(rounds):
         for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
             units, elapsed, started = 0, 0.0, time.perf_counter()
-            while elapsed < min_seconds:
+            while not units or elapsed < min_seconds:
                 units += work[kind]()
                 synchronize(device)
                 elapsed = time.perf_counter() - started
