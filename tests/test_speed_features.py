@@ -72,6 +72,7 @@ def test_compiled_model_checkpoints_load_without_compile(tmp_path: Path) -> None
     torch.manual_seed(0)
     trainer = make_trainer(tmp_path, MLP([1, 28, 28], 10, hidden_sizes=[32]), 64, "trainer.compile=true")
     assert trainer.train_forward.model is not trainer.model
+    assert trainer.eval_forward.model is trainer.model, "evaluation is not compiled: that would be a second compilation"
     assert torch.isfinite(torch.tensor(trainer.train_epoch()["train/loss"]))
     weights = trainer.state_dict()["model"]
     assert not any(key.startswith("_orig_mod.") for key in weights)

@@ -75,14 +75,14 @@ class Trainer:
         channels_last = use_channels_last(model, cfg.channels_last, data.input_shape, device, self.precision)
         # Loss scaling is only needed for float16; disabled, the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
-        # Under torchrun, training goes through DDP (averaged gradients) and evaluation uses
-        # the bare model on each rank's share. Checkpoints always come from `model`: no
-        # `module.` or torch.compile `_orig_mod.` prefix, loadable in one process.
+        # DDP (torchrun: averaged gradients) and torch.compile wrap training only: evaluation
+        # uses the bare model, as compiling its no-grad eval-mode graph would be a second
+        # compilation. Checkpoints come from `model` (no `module.`/`_orig_mod.` prefix).
         self.distributed = distributed.is_distributed()
         self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if self.distributed else None
         trained = torch.compile(self.ddp or model) if cfg.compile else (self.ddp or model)
         self.train_forward = ForwardPass(trained, loss_fn, device, channels_last, self.precision)
-        self.eval_forward = ForwardPass(model if self.distributed else trained, loss_fn, device, channels_last, self.precision)
+        self.eval_forward = ForwardPass(model, loss_fn, device, channels_last, self.precision)
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
