@@ -353,7 +353,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--data-root", type=Path, default=REPO / "data", help="folder holding MNIST/raw/ (default: the bundled copy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the in-process sections (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     sections = args.sections or (QUICK_SECTIONS if args.quick else SECTIONS)
     rounds = args.rounds or (5 if args.quick else 9)
     runs = args.runs or (3 if args.quick else 5)
