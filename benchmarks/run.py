@@ -1,21 +1,30 @@
-"""Speed benchmarks, measured side by side in one process run so machine noise cancels.
+"""Speed benchmarks whose ratios hold on a busy machine.
 
-    python benchmarks/run.py --quick --out saved/benchmark.json      # under 2 minutes on 2 CPU cores
-    python benchmarks/run.py --data-root ../shared/data              # the full table
+    python benchmarks/run.py --quick --out saved/benchmark.json   # a few minutes on 2 CPU cores
+    python benchmarks/run.py                                      # every section, more rounds
+    python benchmarks/run.py --sections startup --runs 7          # one section
+
+Every comparison runs its contenders in alternating rounds (A B B A A B ...), each
+round at least `--round-seconds` (2 s) of work, after one warm-up call of each; a
+ratio is taken within each round pair, so a slow spell of the machine slows both
+sides, and is reported as the median with the min and max over the rounds.
 
 Sections (each printed as rows of one table and written to the JSON file):
-- overhead: the Trainer's epoch loop vs a minimal hand-written loop (same model
-  initialisation, same in-memory batches, same number of steps); `overhead_ratio` is
-  Trainer steps/s divided by the hand-written loop's. Rounds alternate, medians count.
-- data path: the same hand-written loop fed by the in-memory path vs torchvision's
-  MNIST + ToTensor + DataLoader (num_workers 0 and 2); `data_path_ratio` is in-memory
-  samples/s over DataLoader(num_workers=0) samples/s (mlp, batch 128).
-- time to accuracy: wall seconds from process start to the end of a `train.py`
-  run of the cnn on MNIST, with its test accuracy, and seconds per epoch of mlp and cnn
-  (real MNIST when --data-root holds it, else synthetic data).
-- startup: `train.py --help`, and process start to the first optimizer step.
-- precision and compile (full run, or any run on a GPU): Trainer steps/s of the cnn
-  with precision 32 / bf16-mixed and torch.compile off / on.
+- overhead: Trainer.train_epoch vs the textbook loop (forward, loss, zero_grad,
+  backward, step; no metrics, no checks) training the same model object on the same
+  in-memory batches, for the mlp and the cnn; the ratio is Trainer steps/s over the
+  hand-written loop's (1.0: no overhead).
+- data: the hand-written loop fed by the in-memory batches vs torchvision's
+  ToTensor + DataLoader (num_workers 0 and 2; worker start-up happens in the
+  warm-up call, outside the timed rounds); ratio: in-memory samples/s over the other's.
+- variants: Trainer steps/s of the cnn with precision bf16-mixed and with
+  trainer.compile=true, each over the default (precision 32, no compile).
+- startup: `train.py --help`, and process start to the first optimizer step of
+  `train.py model=cnn` and of benchmarks/minimal_mnist.py (median of `--runs`).
+- process: whole-process wall seconds of a 1-epoch `train.py` run vs
+  benchmarks/minimal_mnist.py doing the same work (load MNIST, train, validate,
+  test, save), with both test accuracies.
+--quick runs overhead, data and startup with fewer rounds.
 """
 
 from __future__ import annotations
@@ -23,11 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +60,63 @@ from src.trainer.tasks.classification import Classification  # noqa: E402
 from src.trainer.trainer import Trainer  # noqa: E402
 
 MNIST_MEAN, MNIST_STD = [0.1307], [0.3081]
+SECTIONS = ("overhead", "data", "variants", "startup", "process")
+QUICK_SECTIONS = ("overhead", "data", "startup")
+FIRST_STEP = "first optimizer step done"
+MODELS: dict[str, Callable[[], nn.Module]] = {"mlp": lambda: MLP([1, 28, 28], 10), "cnn": lambda: CNN([1, 28, 28], 10)}
 
 
-def load_images(data_root: Path | None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """MNIST's 60,000 training images as uint8 (N, 1, 28, 28) when present, else synthetic."""
-    if data_root is not None and (data_root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists():
-        from torchvision.datasets import MNIST
+# ---------------------------------------------------------------- measuring
+def alternate(work: dict[str, Callable[[], int]], rounds: int, min_seconds: float, device: torch.device) -> dict[str, list[float]]:
+    """Units per second of each kind of `work`, one value per round.
 
-        dataset = MNIST(str(data_root), train=True, download=False)
-        return dataset.data.unsqueeze(1), dataset.targets, "mnist"
-    from src.data.synthetic import SyntheticImages
+    Each callable does some work and returns how many units (steps, samples) it did.
+    Every kind is called once to warm up (allocations, workers, compilation); then in
+    each of `rounds` rounds every kind is called until `min_seconds` have passed, the
+    order reversed every round so that none always follows the same other.
+    """
+    for do in work.values():
+        do()
+    kinds = list(work)
+    rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+    for round_ in range(rounds):
+        for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
+            units, elapsed, started = 0, 0.0, time.perf_counter()
+            while not units or elapsed < min_seconds:
+                units += work[kind]()
+                synchronize(device)
+                elapsed = time.perf_counter() - started
+            rates[kind].append(units / elapsed)
+    return rates
 
-    dataset = SyntheticImages(train=True, train_size=60_000)
-    return dataset.data.unsqueeze(1), dataset.targets, "synthetic"
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def ratio(rates: dict[str, list[float]], top: str, bottom: str) -> dict[str, float]:
+    """Median, min and max over the rounds of `top`'s rate over `bottom`'s in the same round."""
+    return spread([t / b for t, b in zip(rates[top], rates[bottom])])
+
+
+def shown(r: dict[str, float], digits: int = 3) -> str:
+    return f"{r['median']:.{digits}f} ({r['min']:.{digits}f}-{r['max']:.{digits}f})"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- in-process sections
+def load_images(data_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST's 60,000 training images as uint8 (N, 1, 28, 28) and their labels."""
+    from src.data.bundled import unpack_mnist
+    from src.data.mnist import MNIST
+
+    unpack_mnist(data_root)
+    dataset = MNIST(data_root, train=True)
+    return dataset.data.unsqueeze(1), dataset.targets
 
 
 def trainer_config(**overrides: Any):
@@ -73,8 +128,8 @@ def trainer_config(**overrides: Any):
 
 
 def hand_written_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Any, channels_last: bool) -> int:
-    """The loop people write by hand (as in pytorch-template): no metrics, no checks.
-    Returns the number of steps it took."""
+    """The textbook loop: forward, loss, zero_grad, backward, step; no metrics, no
+    checks. Returns the number of steps it took."""
     model.train()
     criterion = nn.CrossEntropyLoss()
     steps = 0
@@ -87,220 +142,274 @@ def hand_written_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batch
     return steps
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def overhead(make_model, images, targets, device: torch.device, steps: int, rounds: int, **trainer_options: Any) -> dict[str, float]:
-    """Steps/s of Trainer.train_epoch and of the hand-written loop, alternating rounds.
-
-    The loops take turns training one model for `rounds` epochs of `steps` batches
-    each; round 0 warms up (allocations, the TensorBoard writer, compilation). Each
-    rate counts the steps its loop took; `hand_steps` and `trainer_steps` are their
-    totals over the measured rounds.
-    """
-    batch_size = 128
-    count = steps * batch_size
+def in_memory_batches(images: torch.Tensor, targets: torch.Tensor, steps: int, device: torch.device) -> InMemoryBatches:
+    count = steps * 128  # whole batches only: no last partial batch
     normalize = Normalize(MNIST_MEAN, MNIST_STD, device)
-    batches = InMemoryBatches(images[:count].to(device), targets[:count].to(device), batch_size, True, 0, normalize)
+    return InMemoryBatches(images[:count].to(device), targets[:count].to(device), 128, True, 0, normalize)
+
+
+def make_trainer(model_name: str, batches: InMemoryBatches, device: torch.device, run_dir: Path, **options: Any) -> Trainer:
     torch.manual_seed(0)
-    model = make_model().to(device)
-    results: dict[str, list[float]] = {"hand": [], "trainer": []}
+    model = MODELS[model_name]().to(device)
+    return Trainer(
+        model=model,
+        loss_fn=nn.CrossEntropyLoss(),
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+        scheduler=None,
+        data=DataSplits(train=batches, val=None, test=None, in_memory=True, input_shape=(1, 28, 28)),
+        cfg=trainer_config(**options),
+        task=Classification(10),
+        device=device,
+        run_dir=run_dir,
+    )
+
+
+def trainer_epoch(trainer: Trainer) -> Callable[[], int]:
+    def run() -> int:
+        before = trainer.step
+        trainer.train_epoch()
+        return trainer.step - before
+
+    return run
+
+
+def overhead(model_name: str, images, targets, device: torch.device, steps: int, rounds: int, seconds: float) -> dict[str, Any]:
+    """Trainer.train_epoch vs the hand-written loop, training the very same model and
+    optimizer objects: two copies would sit at different memory addresses, which alone
+    can make one a few percent faster than the other for the whole process."""
+    batches = in_memory_batches(images, targets, steps, device)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(
-            model=model,
-            loss_fn=nn.CrossEntropyLoss(),
-            optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-            scheduler=None,
-            data=DataSplits(train=batches, val=None, test=None, in_memory=True, input_shape=tuple(images.shape[1:])),
-            cfg=trainer_config(**trainer_options),
-            task=Classification(10),
-            device=device,
-            run_dir=Path(tmp),
-            )
-        # Both loops train the very same model and optimizer objects: two copies would
-        # sit at different memory addresses, which alone can make one a few percent
-        # faster than the other for the whole process.
-        hand_model = trainer.train_forward.model
-
-        def trainer_epoch() -> int:
-            before = trainer.step
-            trainer.train_epoch()
-            return trainer.step - before
-
-        loops = {
-            "hand": lambda: hand_written_epoch(hand_model, trainer.optimizer, batches, trainer.train_forward.channels_last),
-            "trainer": trainer_epoch,
+        trainer = make_trainer(model_name, batches, device, Path(tmp))
+        model, channels_last = trainer.train_forward.model, trainer.train_forward.channels_last
+        work = {
+            "hand": lambda: hand_written_epoch(model, trainer.optimizer, batches, channels_last),
+            "trainer": trainer_epoch(trainer),
         }
-        taken = {"hand": 0, "trainer": 0}
-        for round_ in range(rounds + 1):
-            # Alternate which loop goes first, so neither always inherits a warm cache.
-            for kind in ("hand", "trainer") if round_ % 2 else ("trainer", "hand"):
-                synchronize(device)
-                started = time.perf_counter()
-                steps_taken = loops[kind]()
-                synchronize(device)
-                if round_:
-                    results[kind].append(steps_taken / (time.perf_counter() - started))
-                    taken[kind] += steps_taken
+        rates = alternate(work, rounds, seconds, device)
         trainer.close()
-    hand, ours = statistics.median(results["hand"]), statistics.median(results["trainer"])
-    # The ratio is the median of each round's own ratio: the two loops of a round run
-    # back to back, so a slow spell of the machine slows both.
-    ratio = statistics.median(t / h for t, h in zip(results["trainer"], results["hand"]))
-    return {"hand_steps_per_s": hand, "trainer_steps_per_s": ours, "ratio": ratio, "hand_steps": taken["hand"], "trainer_steps": taken["trainer"]}
+    return {
+        "ratio": ratio(rates, "trainer", "hand"),
+        "trainer_steps_per_s": spread(rates["trainer"]),
+        "hand_steps_per_s": spread(rates["hand"]),
+    }
 
 
-def data_paths(images, targets, data_root: Path | None, source: str, device: torch.device, batches_count: int) -> dict[str, float]:
-    """Samples/s of the same training loop fed by each data path."""
+def variants(images, targets, device: torch.device, steps: int, rounds: int, seconds: float) -> dict[str, Any]:
+    """The cnn's Trainer steps/s with bf16-mixed and with compile, against the default."""
+    batches = in_memory_batches(images, targets, steps, device)
+    options = {"default": {}, "bf16-mixed": {"precision": "bf16-mixed"}, "compile": {"compile": True}}
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: make_trainer("cnn", batches, device, Path(tmp) / name, **opts) for name, opts in options.items()}
+        started = time.perf_counter()
+        trainer_epoch(trainers["compile"])()  # the first call compiles; timed apart
+        compile_seconds = time.perf_counter() - started
+        rates = alternate({name: trainer_epoch(t) for name, t in trainers.items()}, rounds, seconds, device)
+        for trainer in trainers.values():
+            trainer.close()
+    return {
+        "steps_per_s": {name: spread(r) for name, r in rates.items()},
+        "bf16_over_default": ratio(rates, "bf16-mixed", "default"),
+        "compile_over_default": ratio(rates, "compile", "default"),
+        "first_compiled_epoch_seconds": compile_seconds,
+        "steps_per_epoch": steps,
+    }
+
+
+def data_paths(images, targets, data_root: Path, device: torch.device, batches_per_call: int, rounds: int, seconds: float) -> dict[str, Any]:
+    """Samples/s of the hand-written mlp loop fed by each data path, in alternating rounds.
+
+    The DataLoaders keep their workers (persistent_workers) and each hands out an endless
+    stream of batches; starting the workers happens in the warm-up call."""
     from torch.utils.data import DataLoader
     from torchvision import transforms
+    from torchvision.datasets import MNIST
 
     batch_size = 128
-    count = batches_count * batch_size
-    normalize = Normalize(MNIST_MEAN, MNIST_STD, device)
     to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MNIST_MEAN, MNIST_STD)])
-    if source == "mnist":
-        from torchvision.datasets import MNIST
+    dataset = MNIST(str(data_root), train=True, download=False, transform=to_tensor)
 
-        dataset: Any = MNIST(str(data_root), train=True, download=False, transform=to_tensor)
-    else:  # the same ToTensor path over numpy images, as torchvision's datasets hand PIL images to it
-        dataset = _NumpyImages(images.squeeze(1).numpy(), targets, to_tensor)
+    def endless(loader: DataLoader):
+        while True:
+            for x, y in loader:
+                yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
-    def loader_batches(workers: int):
-        loader = DataLoader(
-            dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        )
-        for i, (x, y) in enumerate(loader):
-            if i == batches_count:
-                break
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    def endless_in_memory():
+        batches = in_memory_batches(images, targets, len(images) // batch_size, device)
+        epoch = 0
+        while True:
+            batches.set_epoch(epoch)
+            yield from batches
+            epoch += 1
 
-    paths = {
-        "in_memory": lambda: InMemoryBatches(images[:count].to(device), targets[:count].to(device), batch_size, True, 0, normalize),
-        "dataloader_workers0": lambda: loader_batches(0),
-        "dataloader_workers2": lambda: loader_batches(2),
+    streams = {
+        "in_memory": endless_in_memory(),
+        **{
+            f"dataloader_workers{w}": endless(DataLoader(
+                dataset, batch_size=batch_size, shuffle=True, num_workers=w,
+                pin_memory=device.type == "cuda", persistent_workers=w > 0,
+            ))
+            for w in (0, 2)
+        },
     }
-    results = {}
-    for name, make in paths.items():
-        torch.manual_seed(0)
-        model = MLP([1, 28, 28], 10).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        batches = make()
-        synchronize(device)
-        started = time.perf_counter()
-        hand_written_epoch(model, optimizer, batches, channels_last=False)
-        synchronize(device)
-        results[name] = count / (time.perf_counter() - started)
-    return results
+    torch.manual_seed(0)
+    model = MLP([1, 28, 28], 10).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def feed(stream) -> Callable[[], int]:
+        def run() -> int:
+            batches = (next(stream) for _ in range(batches_per_call))
+            return hand_written_epoch(model, optimizer, batches, channels_last=False) * batch_size
+
+        return run
+
+    rates = alternate({name: feed(stream) for name, stream in streams.items()}, rounds, seconds, device)
+    return {
+        "samples_per_s": {name: spread(r) for name, r in rates.items()},
+        "in_memory_over_workers0": ratio(rates, "in_memory", "dataloader_workers0"),
+        "in_memory_over_workers2": ratio(rates, "in_memory", "dataloader_workers2"),
+    }
 
 
-class _NumpyImages:
-    def __init__(self, arrays, targets, transform) -> None:
-        self.arrays, self.targets, self.transform = arrays, targets, transform
-
-    def __len__(self) -> int:
-        return len(self.arrays)
-
-    def __getitem__(self, i: int):
-        return self.transform(self.arrays[i]), int(self.targets[i])
-
-
-def cli_run(overrides: list[str], cwd: Path, marker: str | None = None) -> dict[str, Any]:
-    """Run train.py; returns wall seconds (and seconds until `marker` was printed)."""
+# ---------------------------------------------------------------- whole-process sections
+def run_process(command: list[str], cwd: Path, stop_at: str | None = None) -> dict[str, Any]:
+    """Wall seconds of `command` (and until it printed `stop_at`, when it is then
+    killed), its CPU seconds and its output."""
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *overrides, "trainer.progress=none"],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    marked = None
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output, marked = [], None
     for line in process.stdout:  # type: ignore[union-attr]
-        if marker and marked is None and marker in line:
+        output.append(line)
+        if stop_at and stop_at in line:
             marked = time.perf_counter() - started
-    process.wait()
-    if process.returncode != 0:
-        raise RuntimeError(f"train.py {' '.join(overrides)} exited with {process.returncode}")
-    (metrics_path,) = sorted(cwd.glob("saved/runs/*/*/metrics.json"), key=lambda p: p.stat().st_mtime)[-1:]
-    return {"wall": time.perf_counter() - started, "marked": marked, "metrics": json.loads(metrics_path.read_text())}
+            process.kill()
+            break
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if marked is None and process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}:\n{''.join(output[-20:])}")
+    return {"wall": wall, "marked": marked, "cpu": usage.ru_utime + usage.ru_stime, "output": "".join(output)}
 
 
+def train_command(model: str, data_root: Path, *overrides: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), f"model={model}", f"data.root={data_root}", "trainer.progress=none", *overrides]
+
+
+def minimal_command(model: str, data_root: Path) -> list[str]:
+    return [sys.executable, str(REPO / "benchmarks" / "minimal_mnist.py"), model, str(data_root)]
+
+
+def startup(data_root: Path, runs: int) -> dict[str, Any]:
+    """`--help`, and seconds from process start to the first optimizer step, median of
+    `runs` alternating runs of train.py and the minimal script (each killed there)."""
+    results: dict[str, dict[str, list[float]]] = {"train.py": {"wall": [], "cpu": []}, "minimal": {"wall": [], "cpu": []}}
+    help_seconds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {"train.py": train_command("cnn", data_root, "trainer.epochs=1"), "minimal": minimal_command("cnn", data_root)}
+        for i in range(runs):
+            for name in list(commands) if i % 2 == 0 else list(commands)[::-1]:
+                run = run_process(commands[name], Path(tmp), stop_at=FIRST_STEP)
+                results[name]["wall"].append(run["marked"])
+                results[name]["cpu"].append(run["cpu"])
+            help_seconds.append(run_process([sys.executable, str(REPO / "train.py"), "--help"], Path(tmp))["wall"])
+    return {
+        "help_seconds": spread(help_seconds),
+        "first_step_seconds": {name: spread(r["wall"]) for name, r in results.items()},
+        "first_step_cpu_seconds": {name: spread(r["cpu"]) for name, r in results.items()},
+    }
+
+
+def whole_process(data_root: Path, model: str, runs: int) -> dict[str, Any]:
+    """Wall seconds of a whole 1-epoch train.py run vs the minimal script, alternating."""
+    walls: dict[str, list[float]] = {"train.py": [], "minimal": []}
+    accuracy: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = {"train.py": train_command(model, data_root, "trainer.epochs=1"), "minimal": minimal_command(model, data_root)}
+        for i in range(runs):
+            for name in list(commands) if i % 2 == 0 else list(commands)[::-1]:
+                run = run_process(commands[name], Path(tmp))
+                walls[name].append(run["wall"])
+                if name == "minimal":
+                    accuracy[name] = float(re.search(r"test accuracy ([0-9.]+)", run["output"]).group(1))  # type: ignore[union-attr]
+        (metrics,) = sorted(Path(tmp).glob("saved/runs/*/*/metrics.json"), key=lambda p: p.stat().st_mtime)[-1:]
+        accuracy["train.py"] = json.loads(metrics.read_text())["test"]["test/accuracy"]
+    return {
+        "model": model,
+        "wall_seconds": {name: spread(w) for name, w in walls.items()},
+        "train_over_minimal": spread([t / m for t, m in zip(walls["train.py"], walls["minimal"])]),
+        "test_accuracy": accuracy,
+    }
+
+
+# ---------------------------------------------------------------- the report
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer steps and epochs: under 2 minutes on 2 CPU cores")
+    parser.add_argument("--quick", action="store_true", help=f"sections {', '.join(QUICK_SECTIONS)}, fewer rounds")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=None, help="the sections to run (default: all, or --quick's)")
+    parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison (default 5 quick, 9 otherwise)")
+    parser.add_argument("--round-seconds", type=float, default=2.0, help="the least work in one round, in seconds")
+    parser.add_argument("--runs", type=int, default=None, help="processes per side in startup and process (default 3 quick, 5 otherwise)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding MNIST/raw/")
+    parser.add_argument("--data-root", type=Path, default=REPO / "data", help="folder holding MNIST/raw/ (default: the bundled copy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the in-process sections (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sections = args.sections or (QUICK_SECTIONS if args.quick else SECTIONS)
+    rounds = args.rounds or (5 if args.quick else 9)
+    runs = args.runs or (3 if args.quick else 5)
+    seconds = args.round_seconds
+    data_root = args.data_root.resolve()
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
-    images, targets, source = load_images(args.data_root)
-    data_args = ["data=mnist", f"data.root={args.data_root.resolve()}"] if source == "mnist" else ["data=synthetic", "data.dataset.train_size=60000"]
+    images, targets = load_images(data_root)
+    out: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rounds": rounds, "round_seconds": seconds}
     rows: list[tuple[str, str, str]] = []
-    out: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "data": source, "quick": args.quick}
 
-    # Many short alternating rounds: on a shared machine the speed drifts by tens of
-    # percent within seconds, and medians over interleaved rounds cancel that out.
-    rounds = 15 if args.quick else 41
-    mlp = overhead(lambda: MLP([1, 28, 28], 10), images, targets, device, 60, rounds)
-    cnn = overhead(lambda: CNN([1, 28, 28], 10), images, targets, device, 15, rounds)
-    out.update(overhead_ratio=mlp["ratio"], overhead_mlp=mlp, overhead_cnn=cnn)
-    rows += [
-        ("overhead", "mlp: Trainer, hand-written steps/s; ratio", f"{mlp['trainer_steps_per_s']:.0f}, {mlp['hand_steps_per_s']:.0f}; {mlp['ratio']:.3f}"),
-        ("overhead", "cnn: Trainer, hand-written steps/s; ratio", f"{cnn['trainer_steps_per_s']:.0f}, {cnn['hand_steps_per_s']:.0f}; {cnn['ratio']:.3f}"),
-    ]
+    def add(row: tuple[str, str, str]) -> None:
+        rows.append(row)
+        print(" | ".join(row), file=sys.stderr, flush=True)  # progress, on a slow machine
 
-    paths = data_paths(images, targets, args.data_root, source, device, 100 if args.quick else 400)
-    out.update(
-        data_path_ratio=paths["in_memory"] / paths["dataloader_workers0"],
-        data_path_ratio_workers2=paths["in_memory"] / paths["dataloader_workers2"],
-        data_path_samples_per_s=paths,
-    )
-    for name, value in paths.items():
-        rows.append(("data path", f"mlp, batch 128, {name}: samples/s", f"{value:,.0f}"))
-    rows.append(("data path", "in-memory / DataLoader(ToTensor, workers=0)", f"{out['data_path_ratio']:.2f}x"))
-    rows.append(("data path", "in-memory / DataLoader(ToTensor, workers=2)", f"{out['data_path_ratio_workers2']:.2f}x"))
+    if "overhead" in sections:
+        # Epochs of 100 (mlp) and 30 (cnn) batches, a fraction of a second each on 2 idle
+        # cores: a round repeats them for its 2 s, and each repeat pays the per-epoch costs.
+        for name, steps in (("mlp", 100), ("cnn", 30)):
+            result = out[f"overhead_{name}"] = overhead(name, images, targets, device, steps, rounds, seconds)
+            add(("overhead", f"{name}: Trainer / hand-written steps/s", shown(result["ratio"])))
+            add(("overhead", f"{name}: Trainer, hand-written steps/s", f"{result['trainer_steps_per_s']['median']:.0f}, {result['hand_steps_per_s']['median']:.0f}"))
+        out["overhead_ratio"] = out["overhead_mlp"]["ratio"]["median"]
+    if "data" in sections:
+        result = out["data_path"] = data_paths(images, targets, data_root, device, 20, rounds, seconds)
+        for name, value in result["samples_per_s"].items():
+            add(("data path", f"mlp, batch 128, {name}: samples/s", f"{value['median']:,.0f}"))
+        add(("data path", "in-memory / DataLoader(ToTensor, workers=0)", shown(result["in_memory_over_workers0"], 2)))
+        add(("data path", "in-memory / DataLoader(ToTensor, workers=2)", shown(result["in_memory_over_workers2"], 2)))
+    if "variants" in sections:
+        result = out["variants"] = variants(images, targets, device, 20, rounds, seconds)
+        add(("variants", "cnn steps/s: bf16-mixed / default (32)", shown(result["bf16_over_default"])))
+        add(("variants", "cnn steps/s: compile / default (no compile)", shown(result["compile_over_default"])))
+        add(("variants", "cnn: first compiled epoch (20 steps)", f"{result['first_compiled_epoch_seconds']:.1f} s"))
+    if "startup" in sections:
+        result = out["startup"] = startup(data_root, runs)
+        add(("startup", "train.py --help", f"{result['help_seconds']['median']:.2f} s"))
+        for name, value in result["first_step_seconds"].items():
+            cpu = result["first_step_cpu_seconds"][name]["median"]
+            add(("startup", f"start to first optimizer step, cnn: {name}", f"{shown(value, 2)} s (cpu {cpu:.2f} s)"))
+    if "process" in sections:
+        result = out["process"] = whole_process(data_root, "cnn", runs)
+        for name, value in result["wall_seconds"].items():
+            add(("process", f"1-epoch cnn run, wall seconds: {name} (test acc.)", f"{shown(value, 1)} ({result['test_accuracy'][name]:.4f})"))
+        add(("process", "train.py / minimal script, wall", shown(result["train_over_minimal"])))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cwd = Path(tmp)
-        help_times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], cwd=cwd, capture_output=True, check=True)
-            help_times.append(time.perf_counter() - started)
-        out["help_seconds"] = statistics.median(help_times)
-        rows.append(("startup", "train.py --help", f"{out['help_seconds']:.2f} s"))
-
-        epochs = 1 if args.quick else 3
-        cnn_run = cli_run([*data_args, "model=cnn", f"trainer.epochs={epochs}"], cwd, marker="first optimizer step done")
-        accuracy = cnn_run["metrics"]["test"]["test/accuracy"]
-        out["first_step_seconds"] = cnn_run["marked"]
-        out["cnn_run"] = {"epochs": epochs, "wall_seconds": cnn_run["wall"], "test_accuracy": accuracy}
-        out["time_to_98_seconds"] = cnn_run["wall"] if accuracy >= 0.98 else None
-        out["epoch_seconds_cnn"] = statistics.mean(r["seconds"] for r in cnn_run["metrics"]["history"])
-        rows.append(("startup", "process start to first optimizer step (cnn)", f"{cnn_run['marked']:.2f} s"))
-        rows.append(("accuracy", f"cnn {epochs} epoch(s): wall seconds, test accuracy", f"{cnn_run['wall']:.1f} s, {accuracy:.4f}"))
-        rows.append(("accuracy", "wall seconds to >= 98% test accuracy (cnn)", f"{out['time_to_98_seconds']:.1f} s" if out["time_to_98_seconds"] else "not reached"))
-        mlp_run = cli_run([*data_args, "model=mlp", f"trainer.epochs={epochs}"], cwd)
-        out["epoch_seconds_mlp"] = statistics.mean(r["seconds"] for r in mlp_run["metrics"]["history"])
-        rows.append(("epoch", "seconds per epoch: mlp / cnn", f"{out['epoch_seconds_mlp']:.1f} / {out['epoch_seconds_cnn']:.1f}"))
-
-    if not args.quick or device.type == "cuda":
-        variants = {}
-        for precision in ("32", "bf16-mixed"):
-            for compiled in (False, True):
-                result = overhead(lambda: CNN([1, 28, 28], 10), images, targets, device, 100, 2, precision=precision, compile=compiled)
-                variants[f"{precision}{'+compile' if compiled else ''}"] = result["trainer_steps_per_s"]
-                rows.append(("precision", f"cnn Trainer steps/s, precision {precision}, compile {compiled}", f"{result['trainer_steps_per_s']:.0f}"))
-        out["precision_compile_steps_per_s"] = variants
-
-    table = Table(title=f"Benchmark on {device} ({source} data{', quick' if args.quick else ''})", title_justify="left")
+    title = f"Benchmark on {device}, {out['threads']} threads ({rounds} rounds of >= {seconds:g} s; median (min-max))"
+    table = Table(title=title, title_justify="left")
     for column in ("section", "measure", "value"):
         table.add_column(column, justify="right" if column == "value" else "left")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
     out["table"] = [dict(zip(("section", "measure", "value"), row)) for row in rows]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,3 +51,18 @@ def test_a_folder_it_cannot_write_to_gets_a_message_naming_it(tmp_path: Path, mo
     with pytest.raises(UserError, match=f"into {raw}/: Permission denied.*gunzip -k"):
         unpack_mnist(tmp_path)
     assert not (raw / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_the_mnist_reader_gives_torchvisions_tensors_and_falls_back_to_it(tmp_path: Path) -> None:
+    import torch
+    import torchvision.datasets
+
+    from src.data.mnist import MNIST
+
+    unpack_mnist(REPO / "data")
+    ours, theirs = MNIST(REPO / "data", train=False), torchvision.datasets.MNIST(str(REPO / "data"), train=False)
+    assert torch.equal(ours.data, theirs.data) and torch.equal(ours.targets, theirs.targets)
+    assert ours.classes == theirs.classes and ours[3][1] == theirs[3][1] and ours[3][0].size == (28, 28)
+    # Files missing: torchvision's MNIST is asked (to download them, or to say why not).
+    with pytest.raises(RuntimeError, match="Dataset not found"):
+        MNIST(tmp_path, train=False, download=False)

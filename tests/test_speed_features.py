@@ -72,6 +72,7 @@ def test_compiled_model_checkpoints_load_without_compile(tmp_path: Path) -> None
     torch.manual_seed(0)
     trainer = make_trainer(tmp_path, MLP([1, 28, 28], 10, hidden_sizes=[32]), 64, "trainer.compile=true")
     assert trainer.train_forward.model is not trainer.model
+    assert trainer.eval_forward.model is trainer.model, "evaluation is not compiled: that would be a second compilation"
     assert torch.isfinite(torch.tensor(trainer.train_epoch()["train/loss"]))
     weights = trainer.state_dict()["model"]
     assert not any(key.startswith("_orig_mod.") for key in weights)
@@ -92,16 +93,20 @@ def test_help_config_printing_and_config_errors_never_import_torch(tmp_path: Pat
     assert not (tmp_path / "saved").exists() or not list((tmp_path / "saved").rglob("*.pt"))
 
 
-def test_benchmark_measures_overhead_and_data_paths() -> None:
+def test_benchmark_alternates_rounds_and_reports_each_ratio_as_median_min_max() -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import run as benchmark
 
-    images, targets, source = benchmark.load_images(None)
-    assert source == "synthetic" and images.shape == (60_000, 1, 28, 28)
-    result = benchmark.overhead(lambda: MLP([1, 28, 28], 10), images, targets, CPU, steps=3, rounds=1)
-    # Both loops took the same steps in the measured round (the warm-up round aside), and
-    # the ratio is the Trainer's rate over the hand-written loop's.
-    assert result["hand_steps"] == result["trainer_steps"] == 3
-    assert result["ratio"] == pytest.approx(result["trainer_steps_per_s"] / result["hand_steps_per_s"])
-    paths = benchmark.data_paths(images, targets, None, source, CPU, batches_count=2)
-    assert set(paths) == {"in_memory", "dataloader_workers0", "dataloader_workers2"}
+    calls: list[str] = []
+    work = {"a": lambda: calls.append("a") or 2, "b": lambda: calls.append("b") or 1}
+    rates = benchmark.alternate(work, rounds=3, min_seconds=0.0, device=CPU)
+    # One warm-up call each, then rounds taking turns at going first.
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"] and len(rates["a"]) == len(rates["b"]) == 3
+    assert benchmark.ratio({"a": [2.0, 4.0, 6.0], "b": [1.0, 1.0, 2.0]}, "a", "b") == {"median": 3.0, "min": 2.0, "max": 4.0, "n": 3}
+
+    images, targets = benchmark.load_images(REPO / "data")
+    assert images.shape == (60_000, 1, 28, 28)
+    result = benchmark.overhead("mlp", images, targets, CPU, steps=3, rounds=1, seconds=0.0)
+    assert result["ratio"]["n"] == 1 and result["ratio"]["median"] > 0
+    paths = benchmark.data_paths(images, targets, REPO / "data", CPU, batches_per_call=2, rounds=1, seconds=0.0)
+    assert set(paths["samples_per_s"]) == {"in_memory", "dataloader_workers0", "dataloader_workers2"}

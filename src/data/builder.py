@@ -21,7 +21,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from src.data.bundled import MNIST_TARGET, unpack_mnist
+from src.data.bundled import MNIST_TARGETS, unpack_mnist
 from src.data.batches import BatchAugment, InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
 from src.data.splits import kfold_split, seeded_split
 from src.trainer.tasks import task_class
@@ -228,7 +228,7 @@ def to_image_tensor(sample: Any) -> torch.Tensor:
 def load_dataset(cfg: DictConfig, train: bool, classes: list[str] | None = None) -> Dataset:
     """Instantiate `data.dataset` for one split; a missing or undownloadable dataset is a
     UserError. `classes` (a trained model's) go to a dataset config with a `classes` key."""
-    if cfg.dataset._target_ == MNIST_TARGET:  # the repository's bundled copy, gzipped
+    if cfg.dataset._target_ in MNIST_TARGETS:  # the repository's bundled copy, gzipped
         unpack_mnist(Path(str(cfg.dataset.root)))
     named = {"classes": list(classes)} if classes and "classes" in cfg.dataset else {}
     try:

@@ -17,8 +17,9 @@ from typing import IO
 from src.utils.errors import UserError
 from src.utils.io import atomic_write
 
-# The dataset class that reads the bundled files.
-MNIST_TARGET = "torchvision.datasets.MNIST"
+# The dataset classes that read the bundled files: ours (configs/data/mnist.yaml) and
+# torchvision's, which the configs of older checkpoints name.
+MNIST_TARGETS = ("src.data.mnist.MNIST", "torchvision.datasets.MNIST")
 
 # md5 of each original, uncompressed MNIST file (data/MNIST/README.md lists the same).
 MNIST_MD5 = {

@@ -23,12 +23,14 @@ def gradient_sync(ddp: nn.parallel.DistributedDataParallel | None, sync: bool) -
     return ddp.no_sync() if ddp is not None and not sync else nullcontext()
 
 
-def agreed_signal(stop: StopRequest) -> int:
-    """The signal to stop for (0: none). Under torchrun the ranks agree after every step
-    (one tiny CPU all-reduce), so they all stop at the same step; only the agreed value
-    counts, since a signal may land on one rank right after the vote."""
+def agreed_signal(stop: StopRequest, in_group: bool) -> int:
+    """The signal to stop for (0: none). Under torchrun (`in_group`, the run's
+    is_distributed(), passed in: asking again every step costs environment lookups) the
+    ranks agree after every step (one tiny CPU all-reduce), so they all stop at the same
+    step; only the agreed value counts, since a signal may land on one rank right after
+    the vote."""
     signum = stop.signum or 0  # read once
-    return distributed.max_across_ranks(signum) if distributed.is_distributed() else signum
+    return distributed.max_across_ranks(signum) if in_group else signum
 
 
 def sync_buffers(model: nn.Module) -> None:

@@ -70,18 +70,20 @@ class Trainer:
         self.run_info = run_info or RunInfo()
         self.callbacks = callbacks or Callbacks()
         self.monitor, self.mode = cfg.monitor, cfg.mode
+        # Plain values for the code run every step: each DictConfig read costs microseconds.
+        self.clip, self.log_every, self.histograms_every = float(cfg.gradient_clip_val), int(cfg.log_every_n_steps), int(cfg.log_histograms_every_n_epochs)
         self.precision = str(cfg.precision)
         channels_last = use_channels_last(model, cfg.channels_last, data.input_shape, device, self.precision)
         # Loss scaling is only needed for float16; disabled, the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
-        # Under torchrun, training goes through DDP (averaged gradients) and evaluation uses
-        # the bare model on each rank's share. Checkpoints always come from `model`: no
-        # `module.` or torch.compile `_orig_mod.` prefix, loadable in one process.
+        # DDP (torchrun: averaged gradients) and torch.compile wrap training only: evaluation
+        # uses the bare model, as compiling its no-grad eval-mode graph would be a second
+        # compilation. Checkpoints come from `model` (no `module.`/`_orig_mod.` prefix).
         self.distributed = distributed.is_distributed()
         self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if self.distributed else None
         trained = torch.compile(self.ddp or model) if cfg.compile else (self.ddp or model)
         self.train_forward = ForwardPass(trained, loss_fn, device, channels_last, self.precision)
-        self.eval_forward = ForwardPass(model if self.distributed else trained, loss_fn, device, channels_last, self.precision)
+        self.eval_forward = ForwardPass(model, loss_fn, device, channels_last, self.precision)
         self.micro_batches = MicroBatches(self.train_forward, optimizer, self._backward, device, enabled=not self.distributed)
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
@@ -185,18 +187,17 @@ class Trainer:
             raise stops.anomaly(one_line(err), self.step + 1, self.epoch + 1, batch + 1, self._on_disk()) from err
 
     def _optimizer_step(self, last_of_epoch: bool) -> None:
-        scaling, clip = self.scaler.is_enabled(), float(self.cfg.gradient_clip_val)
-        if clip > 0:
+        scaling = self.scaler.is_enabled()
+        if self.clip > 0:
             if scaling:
                 self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         if scaling:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
-        every = int(self.cfg.log_histograms_every_n_epochs)
-        if last_of_epoch and every > 0 and (self.epoch + 1) % every == 0:  # the epoch's last gradients
+        if last_of_epoch and self.histograms_every > 0 and (self.epoch + 1) % self.histograms_every == 0:  # the epoch's last gradients
             self.loggers.log_histograms(self.model, self.step + 1)
         self.step += 1
 
@@ -206,7 +207,7 @@ class Trainer:
             self.first_step_logged = True
             log.info(f"first optimizer step done; {len(self.data.train)} batches per epoch")  # type: ignore[arg-type]
             self.loggers.log_inputs(self.model, inputs, self.step, images=self.cfg.log_images, graph=self.cfg.log_graph)
-        if self.step % int(self.cfg.log_every_n_steps) == 0:
+        if self.step % self.log_every == 0:
             value = self._read_losses(batch)  # the loop's only sync, every N steps
             self.loggers.log_metrics({"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
             progress.show_loss(value)
@@ -239,7 +240,7 @@ class Trainer:
         self._log_epoch(improved)  # after the save: the line means the epoch is on disk
 
     def _signalled(self) -> bool:
-        self.stopping = ddp.agreed_signal(self.stop)
+        self.stopping = ddp.agreed_signal(self.stop, self.distributed)
         return self.stopping != 0
 
     def _read_losses(self, batch: int) -> float:

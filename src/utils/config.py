@@ -413,6 +413,13 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, resolver)
 
 
+# Where `--help` sends whoever looks for speed switches: the measured effect of each.
+SPEED_NOTE = (
+    "Speed: trainer.compile=true was slower than the default on the CPU where benchmarks/run.py measured it, and "
+    "trainer.precision=bf16-mixed faster; the comments in configs/trainer/default.yaml and README (Speed) give the numbers."
+)
+
+
 def app_help(script: str, config_name: str, overrides: list[str], example: str, groups: list[str] | None = None) -> str:
     """The text of `python <script> --help`: the config groups with their options, and
     the config those overrides compose.
@@ -440,6 +447,7 @@ def app_help(script: str, config_name: str, overrides: list[str], example: str, 
             OmegaConf.to_yaml(cfg).rstrip(),
             "",
             "Sweeps: --multirun (-m) with comma-separated values. Hydra's flags: --hydra-help.",
+            *([SPEED_NOTE] if "trainer" in cfg else []),
         ]
     )
 
