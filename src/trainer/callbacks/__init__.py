@@ -11,9 +11,11 @@ the weights stays the same on each); a callback that writes files checks
     on_train_batch_end(trainer, batch_index, loss)   after each batch; `loss` is its detached
                                                      loss tensor (reading it waits for the device)
     on_train_epoch_end(trainer, metrics)        the epoch's train/* metrics
-    on_validation_start(trainer)
-    on_validation_end(trainer, metrics)         the epoch's train/* and val/* metrics
+    on_validation_start(trainer)                at an epoch's end, and every trainer.val_every_n_steps
+    on_validation_end(trainer, metrics)         the train/* (the epoch so far) and val/* metrics
     on_checkpoint(trainer, state)               the state about to be saved (the callback may add to it)
+    on_train_continue(trainer)                  training goes on inside the epoch after a validation
+                                                or a save there (every trainer.*_every_n_steps)
     on_fit_end(trainer)                         after the last epoch, before the test
 
 `state_dict()` and `load_state_dict(state)`, when defined, save the callback's state in
@@ -36,6 +38,7 @@ HOOKS = (
     "on_validation_start",
     "on_validation_end",
     "on_checkpoint",
+    "on_train_continue",
     "on_fit_end",
 )
 
@@ -50,6 +53,7 @@ class Callback:
     def on_validation_start(self, trainer: Any) -> None: ...
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None: ...
     def on_checkpoint(self, trainer: Any, state: dict[str, Any]) -> None: ...
+    def on_train_continue(self, trainer: Any) -> None: ...
     def on_fit_end(self, trainer: Any) -> None: ...
 
 
