@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import FAST, REPO, run_cli, run_dirs
+from src.trainer.schedulers import build_scheduler
 from src.trainer.tasks import get_task
 from src.utils.config import register_resolvers
 
@@ -64,8 +65,9 @@ def test_every_optimizer_and_scheduler_builds(optimizer: str, scheduler: str) ->
     assert isinstance(opt, torch.optim.Optimizer)
     if scheduler == "none":
         assert not cfg.scheduler
-    else:
-        sched = instantiate(cfg.scheduler)(opt)
+    else:  # as train.py builds it: a per-step schedule gets the run's steps (here 1000)
+        sched, interval = build_scheduler(cfg.scheduler, opt, run_steps=1000)
+        assert interval in ("step", "epoch")
         opt.step()
         sched.step(1.0) if scheduler == "plateau" else sched.step()
 
