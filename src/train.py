@@ -26,7 +26,7 @@ from src.trainer.clock import total_steps
 from src.trainer.evaluation import evaluate
 from src.trainer.loggers import Hyperparameters, Loggers
 from src.trainer.records import best_record
-from src.trainer.schedulers import build_scheduler
+from src.trainer.schedulers import build_scheduler, check_schedule_length
 from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
@@ -121,6 +121,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     try:
         if state is not None:
             restore(trainer, state, Path(cfg.resume), cfg)
+            check_schedule_length(trainer.scheduler, run_steps)
         trainer.loggers.log_hyperparams(hyperparameters(cfg, run_info.choices), {}, trainer.step)
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"

@@ -18,7 +18,7 @@ from conftest import FAST, REPO, assert_same_training, load, run_cli, run_dirs, 
 from src.data.builder import build_data
 from src.models.mlp import MLP
 from src.trainer.clock import Clock, total_steps
-from src.trainer.schedulers import WarmupCosine, build_scheduler
+from src.trainer.schedulers import WarmupCosine, build_scheduler, check_schedule_length
 from src.trainer.tasks.classification import Classification
 from src.trainer.trainer import Trainer
 from src.utils.config import register_resolvers, validate_train_config
@@ -73,6 +73,9 @@ def test_warmup_cosine_rises_then_falls_and_resumes_exactly() -> None:
     optimizer, scheduler = make()
     scheduler.load_state_dict(saved)
     assert scheduler.get_last_lr()[0] == lrs[8]
+    check_schedule_length(scheduler, run_steps=20)
+    with pytest.raises(UserError, match="planned for 20"):  # a resume that makes the run longer
+        check_schedule_length(scheduler, run_steps=30)
 
 
 def test_config_mistakes_are_named() -> None:

@@ -27,6 +27,18 @@ def build_scheduler(node: DictConfig | None, optimizer: torch.optim.Optimizer, r
     return build("scheduler", OmegaConf.create(values), optimizer), interval
 
 
+def check_schedule_length(scheduler: Any, run_steps: int) -> None:
+    """A resumed schedule planned in steps (`total_steps`, restored from the checkpoint)
+    must not be shorter than the run: OneCycleLR cannot step past its end."""
+    planned = getattr(scheduler, "total_steps", None)
+    if isinstance(planned, int) and run_steps > planned:
+        raise UserError(
+            f"This run now takes {run_steps} optimizer steps, and the learning-rate schedule restored from its "
+            f"checkpoint was planned for {planned} (scheduler.total_steps). Resume with the run's own length "
+            f"(the trainer.epochs and trainer.max_steps it had), or start a new run for a longer schedule."
+        )
+
+
 class WarmupCosine(torch.optim.lr_scheduler.LRScheduler):
     """Linear warmup from lr/warmup_steps to each group's lr over `warmup_steps` steps,
     then a cosine from there down to `min_lr` at `total_steps`; `min_lr` after that.
