@@ -129,7 +129,7 @@ class Trainer:
             ddp.check_ranks_agree(self.model)
         if self.stopped_early:
             why = self.early_stopping.why(self.monitor)
-            log.info(f"Early stopping after epoch {self.epoch}, step {self.step}: {why} (best {self.best_metric:.4f} at step {self.best_step}, epoch {self.best_epoch}).")
+            log.info(f"Early stopping after epoch {self.epoch}, step {self.step}: {why} (best {self.best_metric:.4f} at step {self.best_step}).")
 
     def train_epoch(self, progress: NoProgress | None = None) -> dict[str, float] | None:
         """One pass over the training batches (from `batch_in_epoch` when resuming): its

@@ -89,7 +89,10 @@ def _check_run_length(cfg: DictConfig) -> None:
     _check(cfg, "trainer.epochs", lambda v: _is_int(v, 1), "a positive integer number of epochs, or null with trainer.max_steps", optional=True)
     _check(cfg, "trainer.max_steps", lambda v: _is_int(v, 1), "a positive integer number of optimizer steps, or null", optional=True)
     if cfg.trainer.epochs is None and cfg.trainer.get("max_steps") is None:
-        raise UserError("trainer.epochs=null needs trainer.max_steps=N: a run must end. Give trainer.epochs, trainer.max_steps or both (whichever comes first ends the run).")
+        raise UserError(
+            "trainer.epochs=null needs trainer.max_steps=N: a run must end. Give trainer.epochs, trainer.max_steps "
+            "or both (whichever comes first ends the run)."
+        )
     for key in ("val_every_n_steps", "save_every_n_steps"):
         _check(cfg, f"trainer.{key}", lambda v: _is_int(v, 1), "a positive integer number of optimizer steps, or null (epoch ends only)", optional=True)
     every = cfg.trainer.get("val_every_n_steps")
