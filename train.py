@@ -32,9 +32,9 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     folder = recorded(run_dir)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        from src.utils.sweep import finished_job_metric, run_sweep_job
+        from src.utils.sweep import finished_job_metric, job_overrides, run_sweep_job
 
-        overrides = list(hydra_cfg.overrides.task)
+        overrides = job_overrides(list(hydra_cfg.overrides.task))
         # Numbered as its folder and the leaderboard number it. Without the total: a job's
         # config holds its own overrides only, and the sweeper expands the grid elsewhere.
         print(f"job {hydra_cfg.job.num}: {' '.join(overrides)}", flush=True)

@@ -3,7 +3,8 @@
 The model is rebuilt from the config stored inside the checkpoint, so no model flags
 are needed. Results are printed, written as JSON next to the checkpoint, and logged
 to the loggers of the `logger` config group, in the evaluation's own run folder, with
-the task's evaluation extras (a classifier's confusion matrix).
+the task's evaluation extras (a classifier's per-class precision, recall and F1 and its
+confusion matrix, labelled with the class names the dataset or the checkpoint has).
 """
 
 from __future__ import annotations
@@ -50,21 +51,24 @@ def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, An
     data_cfg = _data_config(cfg, trained, data_chosen, path)
 
     device = resolve_device(cfg.device, key="device")
-    data = build_data(data_cfg, device, seed=trained.seed, splits=(cfg.split,), stats=state.get("data_stats"))
+    # The run's statistics and class names: new data is standardised and labelled as in training.
+    data = build_data(
+        data_cfg, device, seed=trained.seed, splits=(cfg.split,), stats=state.get("data_stats"), classes=state.get("classes")
+    )
     batches = data.test if cfg.split == "test" else data.val
     if batches is None:
         raise UserError(f"split=val but the data config has no validation set (data.val_split={data_cfg.val_split}); use split=test.")
     model = build("model", trained.model).to(device)
     load_model_state(model, state["model"], path)
-    task = get_task(data_cfg)
+    task = get_task(data_cfg, state.get("target_stats"))
     loss_fn = task.loss(instantiate(trained.loss))
 
     precision = str(trained.trainer.get("precision", "32"))
     channels_last = use_channels_last(model, trained.trainer.get("channels_last", False), data.input_shape, device, precision)
     forward = ForwardPass(model, loss_fn, device, channels_last, precision)
-    metrics = evaluate(forward, batches, task.metrics(device, extras=True))
+    metrics = evaluate(forward, batches, task.metrics(device))
     values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
-    extras = metrics.extras()
+    extras = metrics.extras(data.classes or state.get("classes"))
 
     record = {
         "checkpoint": str(path),

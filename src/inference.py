@@ -10,7 +10,8 @@
 `predict` takes a batch of raw inputs: uint8 pixels (N, C, H, W) (or (N, H, W) for
 one channel), floats in [0, 1], or feature rows (N, F) as they are in the table. It
 normalises them as training did (data.mean/std, or a table's standardisation
-statistics) and returns class probabilities, or a regression model's values.
+statistics) and returns class probabilities, a multilabel model's probability per
+label, or a regression model's values in the target's own units.
 Nothing here imports the training loop.
 """
 
@@ -29,6 +30,7 @@ from torch import nn
 from src.data.batches import Normalize
 from src.data.builder import normalization, sample_transform
 from src.trainer.checkpoint import load_checkpoint, load_model_state
+from src.trainer.losses import TargetScale
 from src.utils.build import build
 from src.utils.device import resolve_device
 from src.utils.errors import UserError, one_line
@@ -51,6 +53,8 @@ class Predictor:
     data_stats: dict[str, list[float]] | None = None
     classes: list[str] | None = None
     features: list[str] | None = None
+    # A regression model's training-target mean/std: it outputs standardised targets.
+    target_stats: dict[str, list[float]] | None = None
     # Image file -> uint8 CHW tensor: the run's eval transforms (data.transforms.eval).
     image_transform: Callable[[Any], torch.Tensor] | None = None
 
@@ -66,7 +70,8 @@ class Predictor:
         return "(" + ", ".join((["N"] if batch else []) + [str(d) for d in self.input_shape]) + ")"
 
     def predict(self, inputs: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """Class probabilities (classification) or values (regression), one row per input, on the CPU."""
+        """Class probabilities (classification), label probabilities (multilabel) or values
+        in the target's units (regression), one row per input, on the CPU."""
         x = self.prepare(inputs)
         with torch.inference_mode():
             outputs = self.model(x).float()
@@ -102,9 +107,11 @@ class Predictor:
         them back: a regression target's inverse transform belongs here."""
         if self.task == "classification":
             return outputs.softmax(dim=1)
+        if self.task == "multilabel":
+            return outputs.sigmoid()
         if self.task == "regression":
-            return outputs
-        raise UserError(f"Predicting for data.task={self.task!r} is not supported: only classification and regression are.")
+            return TargetScale(self.target_stats).to_units(outputs) if self.target_stats else outputs
+        raise UserError(f"Predicting for data.task={self.task!r} is not supported: only classification, multilabel and regression are.")
 
     def read_image(self, path: str | Path) -> torch.Tensor:
         """One image file as the uint8 (C, H, W) tensor the model takes: through the
@@ -157,7 +164,8 @@ class Predictor:
         return self.classes[index] if self.classes and index < len(self.classes) else str(index)
 
     def output_names(self) -> list[str]:
-        """A name per output of a regression model: its target columns, else value, value_1, ..."""
+        """A name per output of a regression or multilabel model: its target columns, else
+        value, value_1, ..."""
         width = int(self.config.data.num_outputs)
         targets = self.config.data.get("target")
         names = [targets] if isinstance(targets, str) else list(targets or [])
@@ -178,13 +186,22 @@ class Predictor:
             "mean": self.mean,
             "std": self.std,
             "data_stats": self.data_stats,
+            "target_stats": self.target_stats,
             "eval_transforms": OmegaConf.to_container(transforms) if transforms else None,
-            "outputs": "logits: softmax over dim 1 gives the class probabilities" if self.task == "classification" else "values",
+            "outputs": OUTPUTS.get(self.task, "values"),
             "classes": self.classes,
             "features": self.features,
-            "output_names": self.output_names() if self.task == "regression" else None,
+            "output_names": self.output_names() if self.task in ("regression", "multilabel") else None,
             "data": data.name,
         }
+
+
+# What an exported model's outputs are, by task (the metadata's "outputs").
+OUTPUTS = {
+    "classification": "logits: softmax over dim 1 gives the class probabilities",
+    "multilabel": "logits: a sigmoid gives each label's probability; a label is predicted above 0.5",
+    "regression": "values; with target_stats, standardised: value * std + mean is in the target's units",
+}
 
 
 def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
@@ -220,6 +237,7 @@ def load_for_inference(path: str | Path, device: str | torch.device = "cpu") -> 
         data_stats=stats,
         classes=state.get("classes"),
         features=state.get("features"),
+        target_stats=state.get("target_stats"),
         # The stored transforms were checked by load_checkpoint (stored_config.py).
         image_transform=sample_transform(data, "eval") if len(input_shape) == 3 else None,
     )

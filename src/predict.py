@@ -44,20 +44,36 @@ def _predict(cfg: DictConfig, run_dir: Path) -> Path:
     if cfg.output and output.exists():  # never overwrite what this command did not write
         raise UserError(f"output={str(output)!r} already exists: name a new file for the predictions, or move that one away.")
     predictor = load_for_inference(cfg.checkpoint, cfg.device)
-    classifier = predictor.task == "classification"
     top_k = min(cfg.top_k, int(predictor.config.data.num_outputs))
+    columns, cells = _layout(predictor, top_k)
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["input", *(_class_columns(top_k) if classifier else predictor.output_names())])
+    writer.writerow(["input", *columns])
     count = 0
     for names, batch in input_batches(Path(cfg.inputs), predictor, cfg.batch_size):
         results = predictor.predict(batch)
         for name, result in zip(names, results):
-            writer.writerow([name, *(_top_classes(predictor, result, top_k) if classifier else [f"{v:.7g}" for v in result.tolist()])])
+            writer.writerow([name, *cells(result)])
         count += len(names)
     atomic_write(output, lambda f: f.write(text.getvalue().encode()))
     log.info(f"{count} prediction(s) written to {output}")
     return output
+
+
+def _layout(predictor: Predictor, top_k: int) -> tuple[list[str], Callable[[torch.Tensor], list[str]]]:
+    """The CSV's columns after `input`, and the cells of one input's result, by task."""
+    if predictor.task == "classification":
+        return _class_columns(top_k), lambda probabilities: _top_classes(predictor, probabilities, top_k)
+    if predictor.task == "multilabel":
+        labels = predictor.output_names()
+        columns = [column for label in labels for column in (label, f"{label}_probability")]
+        return columns, _labels
+    return predictor.output_names(), lambda values: [f"{v:.7g}" for v in values.tolist()]
+
+
+def _labels(probabilities: torch.Tensor) -> list[str]:
+    """Per label: 1 when its probability is above 0.5 (as the multilabel metrics count), else 0; then the probability."""
+    return [cell for p in probabilities.tolist() for cell in (str(int(p > 0.5)), f"{p:.6f}")]
 
 
 def _class_columns(top_k: int) -> list[str]:

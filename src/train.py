@@ -2,6 +2,12 @@
 
 Reads top to bottom like a hand-written script: build the data, model, loss,
 optimizer and scheduler from their configs, fit, test the best checkpoint, report.
+
+The best epoch's evaluation extras (a classifier's per-class precision, recall and F1,
+and its confusion matrix labelled with the class names) are those of that test of
+best.pt: written into metrics.json, printed, and logged once at the end of training
+as the `test/...` images (validation counts the matrix too, for `val/macro_f1`, but
+the loop draws and logs nothing per epoch).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from src.data.builder import build_data
+from src.data.builder import DataSplits, build_data
 from src.trainer import stops
 from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
@@ -30,7 +36,8 @@ from src.trainer.schedulers import build_scheduler, check_schedule_length
 from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
-from src.trainer.tasks import get_task
+from src.trainer.tasks import Extra, get_task
+from src.tune.batch_size import search_batch_size
 from src.utils import distributed
 from src.utils.build import build
 from src.utils.config import config_summary, config_tree, flatten, overridden_keys, validate_train_config
@@ -40,7 +47,7 @@ from src.utils.errors import RunStopped
 from src.utils.io import atomic_write_json
 from src.utils.seed import seed_everything, set_deterministic
 from src.utils.summary import model_summary
-from src.utils.sweep import resume_command
+from src.utils.sweep import job_overrides, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +72,44 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         log.info(f"Resuming {cfg.resume}: {state['epoch']} epochs done{within}, step {state['step']}")
     overrides = list(HydraConfig.get().overrides.task)
     show(config_tree(cfg) if cfg.print_config == "full" else config_summary(cfg, _group_choices(state), overrides))
+    tuner = build("tune", cfg.tune) if cfg.get("tune") else None  # e.g. tune=lr_find: a report instead of a run
     # Each torchrun rank draws its own random numbers (dropout, say); DDP starts every
     # rank from rank 0's initial weights.
     seed_everything(cfg.seed + distributed.rank())
     set_deterministic(cfg.trainer.deterministic)
     device = resolve_device(cfg.trainer.device)
-    data = build_data(
-        cfg.data,
-        device,
-        seed=cfg.seed,
-        stats=state.get("data_stats") if state else None,
-        limit_batches=cfg.trainer.limit_batches,
-        overfit_batches=cfg.trainer.overfit_batches,
-    )
+    searching = cfg.data.batch_size == "auto"  # a resumed run keeps the size its search chose
+    if searching:  # the search's first batch holds as many samples as it may try
+        cfg.data.batch_size = int(cfg.trainer.batch_size_search.max_batch_size)
+
+    def load_data() -> DataSplits:
+        return build_data(
+            cfg.data,
+            device,
+            seed=cfg.seed,
+            stats=state.get("data_stats") if state else None,
+            limit_batches=cfg.trainer.limit_batches,
+            overfit_batches=cfg.trainer.overfit_batches,
+            # A resume keeps the run's own target statistics and class names.
+            target_stats=state.get("target_stats") if state else None,
+            classes=state.get("classes") if state else None,
+        )
+
+    data = load_data()
     if cfg.data.input_shape is None:  # e.g. a CSV's number of feature columns
         cfg.data.input_shape = list(data.input_shape)
     model = build("model", cfg.model).to(device)
-    task = get_task(cfg.data)
+    task = get_task(cfg.data, data.target_stats)
     loss_fn = task.loss(build("loss", cfg.loss))
     optimizer = build("optimizer", cfg.optimizer, parameter_groups(model))
     for group in optimizer.param_groups:  # e.g. a pretrained backbone learning slower than its head
         # Kept in the group, and so in checkpoints: a resume's new optimizer.lr is scaled alike.
         group.setdefault("lr_scale", 1.0)
         group["lr"] *= group["lr_scale"]
+    if searching:  # stored in the run's config, and so in its checkpoints
+        cfg.data.batch_size = search_batch_size(model, loss_fn, optimizer, data, device, cfg)
+        del data  # before loading it again in batches of the chosen size
+        data = load_data()
     run_steps = total_steps(cfg.trainer.epochs, cfg.trainer.max_steps, len(data.train), cfg.trainer.accumulate_grad_batches)
     scheduler, interval = build_scheduler(cfg.scheduler, optimizer, run_steps)
     show(model_summary(model, data.input_shape, device))
@@ -99,9 +121,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         f"({'in-memory' if data.in_memory else 'DataLoader'} data path)"
         f"{ddp}"
     )
+    if tuner is not None:
+        return tuner(cfg=cfg, model=model, loss_fn=loss_fn, optimizer=optimizer, data=data, device=device, run_dir=run_dir, overrides=overrides)
 
     callbacks = Callbacks({name: build(f"callbacks.{name}", node) for name, node in (cfg.get("callbacks") or {}).items() if node})
-    run_info = RunInfo(OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features)
+    run_info = RunInfo(
+        OmegaConf.to_yaml(cfg, resolve=True), _group_choices(state), data.stats, data.classes, data.features, data.target_stats
+    )
     trainer = Trainer(
         model=model,
         loss_fn=loss_fn,
@@ -127,26 +153,31 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         best_path = trainer.checkpoint_dir / "best.pt"
         load_model_state(model, load_checkpoint(best_path)["model"], best_path)
         with StopRequest() as stop:
-            test = evaluate(trainer.eval_forward, data.test, task.metrics(device), stop=stop).compute()
+            tested = evaluate(trainer.eval_forward, data.test, task.metrics(device), stop=stop)
+            test = {f"test/{k}": v for k, v in tested.compute().items()}
         if stop.signum:
             raise stops.signal_in_final_test(stop.name, stop.signum, trainer.checkpoint_dir / "last.pt", trainer.resume_command)
-        test = {f"test/{k}": v for k, v in test.items()}
+        # The best epoch's extras (a classifier's per-class scores and confusion matrix):
+        # those of best.pt on the test split, from the pass above.
+        extras = tested.extras(data.classes)
         if distributed.is_rank_zero():
-            _write_results(cfg, trainer, test, run_dir, time.time() - started)
+            _write_results(cfg, trainer, test, extras, run_dir, time.time() - started)
     except RunStopped as stop:
         if stop.exit_code == 1 and distributed.is_rank_zero():  # a NaN, a full disk; not a signal, which resumes
             _write_failure(trainer, stop, run_dir, time.time() - started)
         raise
     finally:
         trainer.close()
-    _print_summary(trainer, test, run_dir)
+    _print_summary(trainer, test, extras, run_dir)
     return float(trainer.best_metric)
 
 
-def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], run_dir: Path, seconds: float) -> None:
-    """metrics.json; the hyperparameters with the best and test metrics, and the best
-    checkpoint, to the loggers."""
-    results = _results(trainer, run_dir, seconds, status="completed", test=test)
+def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], extras: dict[str, Extra], run_dir: Path, seconds: float) -> None:
+    """metrics.json; the hyperparameters with the best and test metrics, the test's
+    extras (as `test/<name>` images, once, at the last step) and the best checkpoint,
+    to the loggers."""
+    results = _results(trainer, run_dir, seconds, status=trainer.stop_requested or "completed", test=test)
+    results.update({f"test_{name}": extra.to_json() for name, extra in extras.items()})
     try:
         atomic_write_json(run_dir / "metrics.json", results)
     except OSError as err:
@@ -155,12 +186,14 @@ def _write_results(cfg: DictConfig, trainer: Trainer, test: dict[str, float], ru
         raise stops.not_written(str(run_dir / "metrics.json"), reason, trainer.checkpoint_dir, trainer.resume_command, done) from None
     final = {f"best/{trainer.monitor}": trainer.best_metric, **test}
     trainer.loggers.log_hyperparams(hyperparameters(cfg, trainer.run_info.choices), final, trainer.step)
+    for name, extra in extras.items():
+        extra.log(trainer.loggers, f"test/{name}", trainer.step)
     trainer.loggers.save_artifact(trainer.checkpoint_dir / "best.pt")
 
 
 # Config keys and groups that say where a run reads and writes (this machine's paths)
 # or how it reports, not what it trains: never hyperparameters.
-NOT_HYPERPARAMETERS = ("data.root", "data.path", "data.dataset.root", "data.dataset.path", "resume", "sweep", "name", "logger", "hparams_search", "trainer.device", "trainer.progress", "print_config")
+NOT_HYPERPARAMETERS = ("data.root", "data.path", "data.dataset.root", "data.dataset.path", "resume", "sweep", "name", "logger", "hparams_search", "trainer.device", "trainer.progress", "print_config", "callbacks.optuna_pruning")
 
 
 def hyperparameters(cfg: DictConfig, choices: dict[str, str]) -> Hyperparameters:
@@ -237,12 +270,12 @@ def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) ->
         "history": trainer.history,
         "run_dir": str(run_dir),
         "best_checkpoint": str(best_checkpoint) if best_checkpoint.is_file() else None,
-        "overrides": list(HydraConfig.get().overrides.task),
+        "overrides": job_overrides(list(HydraConfig.get().overrides.task)),
         "wall_seconds": seconds,
     }
 
 
-def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> None:
+def _print_summary(trainer: Trainer, test: dict[str, float], extras: dict[str, Extra], run_dir: Path) -> None:
     epochs = Table(title="Validations", title_justify="left")
     columns = [k for k in trainer.history[-1] if "/" in k]
     for column in ["epoch", "step", *columns, "lr", "time"]:
@@ -272,5 +305,9 @@ def _print_summary(trainer: Trainer, test: dict[str, float], run_dir: Path) -> N
         cells = [final.get(f"train/{name}"), best.get(f"val/{name}"), test.get(f"test/{name}")]
         results.add_row(name, *("-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}" for v in cells))
     show(results)
+    if extras:
+        log.info(f"The test split on best.pt (epoch {trainer.best_epoch}):")
+    for extra in extras.values():
+        show(extra.table())
     log.info(f"Run folder: {run_dir}")
     log.info(f"Best checkpoint: {trainer.checkpoint_dir / 'best.pt'} ({trainer.monitor} {trainer.best_metric:.4f} at epoch {trainer.best_epoch}, step {trainer.best_step})")

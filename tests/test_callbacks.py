@@ -92,7 +92,7 @@ def test_your_own_plain_class_is_a_callback(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     train = ["train/accuracy", "train/loss"]
-    val = sorted([*train, "val/accuracy", "val/loss", "val/top5"])
+    val = sorted([*train, "val/accuracy", "val/loss", "val/macro_f1", "val/top5"])
     assert json.loads(out.read_text()) == [
         "fit_start",
         f"epoch_end 1 {train}", f"validation_end {val}",

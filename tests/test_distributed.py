@@ -69,6 +69,7 @@ def test_ddp_metrics_count_every_sample_once_and_a_single_process_agrees(tmp_pat
     assert single["samples"] == 601
     last_epoch = load(checkpoints / "last.pt")["history"][-1]
     assert single["metrics"]["val/accuracy"] == last_epoch["val/accuracy"]
+    assert single["metrics"]["val/macro_f1"] == last_epoch["val/macro_f1"], "the confusion matrix is summed over the ranks"
     assert single["metrics"]["val/loss"] == pytest.approx(last_epoch["val/loss"], rel=1e-5)
 
     result = run_cli("test.py", f"checkpoint={checkpoints / 'best.pt'}", "device=cpu", cwd=tmp_path)
@@ -77,6 +78,7 @@ def test_ddp_metrics_count_every_sample_once_and_a_single_process_agrees(tmp_pat
     assert single["samples"] == 501
     trained = json.loads((ddp_run / "metrics.json").read_text())
     assert single["metrics"]["test/accuracy"] == trained["test"]["test/accuracy"]
+    assert single["confusion_matrix"] == trained["test_confusion_matrix"] and single["per_class"] == trained["test_per_class"]
     assert single["metrics"]["test/loss"] == pytest.approx(trained["test"]["test/loss"], rel=1e-5)
 
 

@@ -142,8 +142,8 @@ def test_mid_epoch_resume_refuses_another_batch_order_or_split(tmp_path: Path) -
     (run_dir,) = run_dirs(tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
     assert load(last)["batch_in_epoch"] > 0
-    for override in ("data.batch_size=16", "data.val_split=0.3", "data.split_seed=3"):
-        result = run_cli("train.py", f"resume={last}", override, cwd=tmp_path)
+    for override in ("data.batch_size=16", "data.val_split=0.3", "data.split_seed=3", "data.folds=2 data.fold=1"):
+        result = run_cli("train.py", f"resume={last}", *override.split(), cwd=tmp_path)
         assert result.returncode == 2, override
         assert f"Cannot resume with {override.split('=')[0]}=" in result.stderr and "Traceback" not in result.stderr
 

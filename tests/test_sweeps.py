@@ -1,4 +1,4 @@
-"""--multirun: job folders, the leaderboard, failures, Optuna, joblib, resumed sweeps."""
+"""--multirun: job folders, the leaderboard, failures, Optuna, joblib, Ray, resumed sweeps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 from conftest import FAST, cli_env, load, run_cli, run_dirs, start_cli, wait_for_line, with_fault
 from src.utils import config as config_module
@@ -47,6 +49,9 @@ def test_grid_sweep_writes_one_folder_per_job_and_a_leaderboard(tmp_path: Path) 
     assert best == sorted(best), "best (lowest val/loss) first"
     assert "test/accuracy" in rows[0] and rows[0]["run_dir"]
     assert (sweep / "summary.md").read_text().count("| completed |") == 4
+    for plot in ("plot_trials.png", "plot_optimizer.lr.png"):  # a grid's plots too; `model` is no number
+        assert (sweep / plot).is_file() and f"]({plot})" in (sweep / "summary.md").read_text()
+    assert not (sweep / "plot_model.png").exists()
     assert "(best first)" in result.stdout
     assert run_dirs(tmp_path) == [], "no stray single-run folder"
 
@@ -60,21 +65,52 @@ def test_a_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
     assert "job 1" in result.stderr and "failed" in result.stderr
 
 
-def test_optuna_search_runs_its_trials_and_continues_its_study(tmp_path: Path) -> None:
-    search = ["hparams_search=mnist_optuna", *QUICK]
-    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=2", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    sweep = sweep_dir(tmp_path)
-    assert (sweep / "optuna.db").is_file()
-    rows = summary(sweep)
-    assert len(rows) == 2 and rows[0]["monitor"] == "val/accuracy"
-    assert float(rows[0]["best"]) >= float(rows[1]["best"]), "maximised metric: best first"
+# A search small enough for a test: two epochs per trial, and the median pruner judging
+# from the second trial on (after one whole trial).
+SEARCH = ["hparams_search=mnist_optuna", "data=synthetic", "data.dataset.train_size=300", "data.dataset.test_size=100", "logger=[]", *FAST]
 
-    # Asking for 3 trials in all runs one more, numbered after the first two.
-    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=3", f"sweep.resume={sweep}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+
+def study_of(sweep: Path) -> Any:
+    """The Optuna study of an `hparams_search=mnist_optuna` sweep folder."""
+    import optuna
+
+    return optuna.load_study(study_name="mnist_optuna", storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def test_an_optuna_search_prunes_hopeless_trials_plots_them_and_continues_its_study(tmp_path: Path) -> None:
+    search = [*SEARCH, "trainer.epochs=2", "hydra.sweeper.startup_trials=1"]
+    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # a pruned trial is no failure
+    sweep = sweep_dir(tmp_path)
     rows = summary(sweep)
-    assert sorted(r["job"] for r in rows) == ["0", "1", "2"]
+    assert rows[0]["status"] == "completed" and rows[0]["monitor"] == "val/accuracy"
+    (pruned, *_) = [r for r in rows if r["status"] == "pruned"]
+    assert pruned["epochs"] == "1", "stopped after the epoch it was judged on"
+    assert load(tmp_path / pruned["run_dir"] / "checkpoints" / "last.pt")["epoch"] == 1, "with that epoch saved"
+    assert "callbacks.optuna_pruning" not in pruned["overrides"] + pruned["run_dir"], "the trial's bookkeeping stays out of sight"
+    states = {t.number: t.state.name for t in study_of(sweep).trials}
+    assert states[int(pruned["job"])] == "PRUNED" and len(states) == 3
+
+    markdown = (sweep / "summary.md").read_text()
+    for plot in ("plot_trials.png", "plot_optimizer.lr.png", "plot_model.dropout.png", "plot_importances.png"):
+        assert (sweep / plot).stat().st_size > 0 and f"]({plot})" in markdown
+
+    # Asking for 4 trials in all runs one more, numbered after the first three.
+    result = run_cli("train.py", "-m", *search, "hydra.sweeper.n_trials=4", f"sweep.resume={sweep}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(r["job"] for r in summary(sweep)) == ["0", "1", "2", "3"]
+
+
+def test_two_processes_share_one_study_in_a_new_folder_without_running_a_trial_twice(tmp_path: Path) -> None:
+    sweep = tmp_path / "not" / "yet"  # a sweep folder that does not exist: the first to start creates it
+    search = ["-m", *SEARCH, "trainer.epochs=1", "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}"]
+    processes = [start_cli("train.py", *search, cwd=tmp_path) for _ in range(2)]
+    for process in processes:
+        _, err = process.communicate(timeout=180)
+        assert process.returncode == 0, err
+    trials = study_of(sweep).trials
+    assert sorted(t.number for t in trials) == [0, 1, 2] and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    assert sorted(r["job"] for r in summary(sweep)) == ["0", "1", "2"], "one folder per trial"
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
@@ -187,3 +223,59 @@ def test_job_folder_names_stay_one_level_and_short() -> None:
     assert config_module.job_dirname(0, "") == "0"
     long = config_module.job_dirname(7, ",".join(f"model.p{i}=0.123456789012345" for i in range(20)))
     assert len(long) <= 120 and long.startswith("7_model.p0=")
+
+
+def test_ray_launcher_runs_the_jobs_as_tasks_of_a_local_ray_instance(tmp_path: Path) -> None:
+    ray_files = tmp_path / "ray"  # Ray's session files, logs and spilled objects
+    ray_files.mkdir()
+    # Ray's socket paths under the temp dir must fit in 107 bytes, too few for pytest's
+    # tmp_path: a short link to it in /tmp keeps the files in the test's folder.
+    short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    short.rmdir()
+    short.symlink_to(ray_files)
+    try:
+        result = run_cli(
+            "train.py", "-m", *QUICK, "logger=[]", "optimizer.lr=1e-3,1e-2,-1", "hydra/launcher=ray", "hydra.launcher.init.num_cpus=2",
+            f"hydra.launcher.init._temp_dir={short}", "hydra.launcher.init.include_dashboard=false", cwd=tmp_path, timeout=300,
+        )
+    finally:
+        short.unlink()
+    assert result.returncode == 1, result.stderr  # the third job's bad value
+    assert "Started a local Ray instance" in result.stderr + result.stdout
+    assert "(sweep_job pid=" in result.stdout, "the jobs ran in Ray's worker processes"
+    assert list(ray_files.glob("session_*"))
+    sweep = sweep_dir(tmp_path)
+    rows = summary(sweep)
+    assert [r["status"] for r in rows] == ["completed", "completed", "failed"]
+    assert "optimizer.lr=-1" in rows[2]["error"]
+    assert sorted(p.name for p in sweep.iterdir() if (p / "checkpoints" / "best.pt").is_file()) == [
+        "0_optimizer.lr=0.001",
+        "1_optimizer.lr=0.01",
+    ]
+
+
+def test_the_search_space_is_read_from_hydras_sweep_grammar() -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from src.utils.optuna_search import search_space
+
+    params, fixed = search_space(
+        ["optimizer.lr=tag(log, interval(1e-4, 1e-2))", "model.dropout=interval(0, 0.5)", "+model.depth=range(1, 7, 2)",
+         "model.hidden_sizes=choice([256], [256,128])", "data=mnist"]
+    )
+    assert params["optimizer.lr"].distribution == FloatDistribution(1e-4, 1e-2, log=True)
+    assert params["model.dropout"].distribution == FloatDistribution(0.0, 0.5)
+    assert params["model.depth"].distribution == IntDistribution(1, 5, step=2)
+    assert params["model.depth"].override(3) == "+model.depth=3", "the override keeps its prefix"
+    assert params["model.hidden_sizes"].distribution == CategoricalDistribution(["[256]", "[256,128]"])
+    assert fixed == ["data=mnist"]
+
+
+def test_a_sweep_without_matplotlib_says_so_in_one_line(tmp_path: Path, monkeypatch, caplog) -> None:
+    from src.utils.sweep_plots import write_plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    rows = [{"job": "0", "status": "completed", "overrides": "optimizer.lr=0.1", "best": 0.5, "epochs": 1}]
+    with caplog.at_level("INFO"):
+        assert write_plots(tmp_path, rows, "val/loss", "min") == []
+    assert "matplotlib is not installed" in caplog.text and list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@ how targets reach the loss, and a multi-label table trained through the CLI."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 from conftest import FAST, REPO, run_cli, run_dirs
 from src.data.tabular import CSVTable
+from src.trainer.class_report import MAX_ROWS
 from src.trainer.tasks import TASKS, Task, task_class
 from src.trainer.tasks.classification import Classification
 from src.trainer.tasks.multilabel import Multilabel
@@ -39,14 +41,51 @@ def test_classification_metrics_and_confusion_matrix() -> None:
     outputs = torch.stack([scores, scores, scores, scores.flip(0)])  # predicts class 0, 0, 0, 5
     targets = torch.tensor([0, 4, 5, 5])  # right, in the top 5, not in the top 5, right
     task = Classification(num_outputs=6)
-    metrics = task.metrics(CPU, extras=True)
+    metrics = task.metrics(CPU)
     values = run_batches(metrics, [(outputs[:2], targets[:2], 1.0), (outputs[2:], targets[2:], 3.0)])
-    assert values == {"loss": 2.0, "accuracy": 0.5, "top5": 0.75}
+    # Macro F1 over the classes that occur or are predicted (0, 4, 5): F1 1/2, 0, 2/3.
+    assert values == {"loss": 2.0, "accuracy": 0.5, "top5": 0.75, "macro_f1": pytest.approx(7 / 18)}
     matrix = metrics.extras()["confusion_matrix"].to_json()
     assert matrix[0][0] == 1 and matrix[4][0] == 1 and matrix[5][0] == 1 and matrix[5][5] == 1
     assert sum(map(sum, matrix)) == 4
-    assert task.metric_names(training=True) == ["loss", "accuracy"], "top-5 is left out of training"
-    assert Classification(num_outputs=5).metric_names() == ["loss", "accuracy"], "top-5 needs more than 5 classes"
+    assert task.metric_names(training=True) == ["loss", "accuracy"], "top-5 and macro F1 are left out of training"
+    assert Classification(num_outputs=5).metric_names() == ["loss", "accuracy", "macro_f1"], "top-5 needs more than 5 classes"
+
+
+def test_per_class_precision_recall_f1_from_a_hand_computed_confusion_matrix() -> None:
+    names = ["cat", "dog", "bird", "fish"]
+    targets = torch.tensor([0, 0, 0, 1, 1, 2])
+    predicted = torch.tensor([0, 0, 1, 0, 1, 1])  # rows (true): cat [2 1 0 0], dog [1 1 0 0], bird [0 1 0 0], fish [0 0 0 0]
+    metrics = Classification(num_outputs=4).metrics(CPU)
+    values = run_batches(metrics, [(F.one_hot(predicted, 4).float(), targets, 1.0)])
+    extras = metrics.extras(names)
+    assert extras["confusion_matrix"].to_json() == [[2, 1, 0, 0], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    report = extras["per_class"].to_json()
+    approx = lambda scores: pytest.approx(scores)  # noqa: E731
+    assert report["classes"] == {
+        "cat": approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}),
+        "dog": approx({"precision": 1 / 3, "recall": 1 / 2, "f1": 2 / 5, "support": 2}),
+        "bird": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1},  # never predicted: 0, not undefined
+        "fish": {"precision": None, "recall": None, "f1": None, "support": 0},  # neither occurs nor is predicted
+    }
+    # Macro averages leave out the class that has no score (fish).
+    assert report["macro"] == approx({"precision": 1 / 3, "recall": 7 / 18, "f1": 16 / 45})
+    assert values["macro_f1"] == pytest.approx(16 / 45) and values["accuracy"] == 0.5
+    assert list(metrics.extras()["per_class"].to_json()["classes"]) == ["0", "1", "2", "3"], "no names: indices"
+
+
+def test_the_per_class_table_of_many_classes_shows_the_worst() -> None:
+    num_classes = 50
+    targets = torch.arange(num_classes).repeat(2)
+    predicted = torch.cat([targets[:num_classes], targets[num_classes:].roll(1)])  # each class right once of twice
+    predicted[:5] = 0  # classes 1-4 never right
+    metrics = Classification(num_outputs=num_classes).metrics(CPU)
+    run_batches(metrics, [(F.one_hot(predicted, num_classes).float(), targets, 1.0)])
+    report = metrics.extras([f"class {i}" for i in range(num_classes)])["per_class"]
+    rows = report.rows()
+    assert len(rows) == 1 + MAX_ROWS + 1, "header, the shown classes, macro average"
+    assert {row[0] for row in rows[1:5]} == {"class 1", "class 2", "class 3", "class 4"}, "the worst first"
+    assert len(report.to_json()["classes"]) == num_classes, "the JSON record keeps every class"
 
 
 def test_regression_metrics() -> None:
@@ -54,6 +93,18 @@ def test_regression_metrics() -> None:
     targets = torch.tensor([1.0, 2.0, 3.0, 4.0])  # errors 0, 0, 0, 2 around a mean of 2.5
     values = run_batches(Regression(num_outputs=1).metrics(CPU), [(outputs, targets, 0.5)])
     assert values == {"loss": 0.5, "mse": 1.0, "mae": 0.5, "r2": pytest.approx(1 - 4 / 5)}
+
+
+def test_standardised_regression_trains_on_z_scores_and_reports_in_the_targets_units() -> None:
+    """A price column of mean 1e5 and std 2e4: the model outputs (price - 1e5) / 2e4."""
+    task = Regression(num_outputs=1, target_stats={"mean": [1e5], "std": [2e4]})
+    prices = torch.tensor([80e3, 100e3, 140e3])
+    outputs = torch.tensor([[-1.0], [0.0], [2.5]])  # 80e3, 100e3, 150e3 in prices
+    assert task.loss(nn.MSELoss())(outputs, prices).item() == pytest.approx(0.25 / 3)  # only the last is off, by 0.5
+    values = run_batches(task.metrics(CPU), [(outputs, prices, 0.25 / 3)])
+    assert values["mse"] == pytest.approx(10e3**2 / 3) and values["mae"] == pytest.approx(10e3 / 3)
+    stats = Regression.target_statistics(torch.tensor([[1.0, 5.0], [3.0, 5.0]]))
+    assert stats == {"mean": [2.0, 5.0], "std": [pytest.approx(2**0.5), 1.0]}, "a constant column is only shifted"
 
 
 def test_multilabel_metrics() -> None:
@@ -172,6 +223,18 @@ def test_a_linear_model_learns_a_multilabel_table(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     record = json.loads((run_dir / "checkpoints" / "best.test.json").read_text())
     assert record["metrics"] == test and "confusion_matrix" not in record
+
+    # predict.py: per label, 1 when its probability is above 0.5, and the probability.
+    output = tmp_path / "labels_predicted.csv"
+    result = run_cli("predict.py", f"checkpoint={run_dir / 'checkpoints' / 'best.pt'}", f"inputs={table}", f"output={output}", "device=cpu", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(output.open()))
+    assert list(rows[0]) == ["input", "a", "a_probability", "b", "b_probability", "c", "c_probability"]
+    for row in rows:
+        assert all(row[label] == str(int(float(row[f"{label}_probability"]) > 0.5)) for label in "abc")
+    truth = list(csv.DictReader(table.open()))
+    right = sum(all(row[label] == true[label] for label in "abc") for row, true in zip(rows, truth))
+    assert right / len(rows) >= 0.85
 
 
 def test_a_multilabel_table_with_a_class_index_loss_says_which_loss_to_use(tmp_path: Path) -> None:

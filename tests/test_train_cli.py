@@ -39,14 +39,20 @@ def test_metrics_json_and_log_tell_the_whole_story(mlp_run: Path) -> None:
     assert metrics["monitor"] == "val/loss" and metrics["epochs_run"] == 3
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
     assert metrics["best_metric"] == min(r["val/loss"] for r in metrics["history"])
-    assert set(metrics["test"]) == {"test/loss", "test/accuracy", "test/top5"}
+    assert set(metrics["test"]) == {"test/loss", "test/accuracy", "test/top5", "test/macro_f1"}
     assert metrics["test"]["test/accuracy"] > 0.5  # the tiny squares are easy to learn
+    # best.pt's precision, recall and F1 on the test split, per class by its name, and their macro averages.
+    per_class = metrics["test_per_class"]
+    assert list(per_class["classes"])[:2] == ["T-shirt/top", "Trouser"]
+    assert per_class["macro"]["f1"] == pytest.approx(metrics["test"]["test/macro_f1"])
+    assert sum(c["support"] for c in per_class["classes"].values()) == sum(map(sum, metrics["test_confusion_matrix"])) == 200
     log = (mlp_run / "train.log").read_text()
     assert "epoch 3/3" in log and "Results" in log and "Best checkpoint" in log
     # Every metric of each split, top-5 too (training does not compute it).
     top5 = next(line for line in log.splitlines() if line.startswith("│ top5"))
     cells = [cell.strip() for cell in top5.strip("│").split("│")]
     assert cells[:2] == ["top5", "-"] and cells[3] == f"{metrics['test']['test/top5']:.4f}"
+    assert "Per class" in log and "│ Ankle boot" in log
 
 
 def test_the_config_is_printed_short_unless_asked_for_in_full(tmp_path: Path, mlp_run: Path) -> None:
@@ -74,13 +80,16 @@ def test_tensorboard_has_step_epoch_and_final_scalars(mlp_run: Path) -> None:
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr"} <= scalars
-    assert {"train/epoch_loss", "train/accuracy", "val/loss", "val/accuracy", "val/top5"} <= scalars
+    assert {"train/epoch_loss", "train/accuracy", "val/loss", "val/accuracy", "val/top5", "val/macro_f1"} <= scalars
     assert [e.step for e in events.Scalars("val/loss")] == [5, 10, 15]  # global step at each epoch's end
     assert len(events.Scalars("train/loss")) == 15 // 2  # every 2nd of 15 steps
     # The final metrics, which the HParams tab shows beside the run's hyperparameters.
     assert {"zz_hparams/test/loss", "zz_hparams/test/accuracy", "zz_hparams/test/top5"} <= scalars
     best = json.loads((mlp_run / "metrics.json").read_text())["best_metric"]
     assert events.Scalars("zz_hparams/best/val/loss")[-1].value == pytest.approx(best)
+    # best.pt's confusion matrix and per-class scores on the test split, once, at the last step.
+    assert [e.step for e in events.Images("test/confusion_matrix")] == [15]
+    assert [e.step for e in events.Images("test/per_class")] == [15]
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
@@ -96,18 +105,19 @@ def test_train_then_evaluate_best_checkpoint(tmp_path: Path, fashion_root: Path,
     # No model flags: test.py rebuilds the model from the config in the checkpoint.
     result = run_cli("test.py", f"checkpoint={best}", "device=cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Confusion matrix" in result.stdout
+    assert "Confusion matrix" in result.stdout and "Per class" in result.stdout and "1 Trouser" in result.stdout
     record = json.loads((run_dir / "checkpoints" / "best.test.json").read_text())
     train_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert record["metrics"]["test/accuracy"] == pytest.approx(train_metrics["test"]["test/accuracy"])
     assert sum(map(sum, record["confusion_matrix"])) == record["samples"] == 200
+    assert record["per_class"]["macro"] == pytest.approx(train_metrics["test_per_class"]["macro"]), "as train.py tested best.pt"
 
     # Its own folder says what it evaluated: the run, the checkpoint, the data, the split.
     (eval_dir,) = (tmp_path / "saved" / "evals").glob("*/*")
     assert eval_dir.parent.name == f"fashion_mnist-{model}_{run_dir.name}-best-fashion_mnist-test"
     events = EventAccumulator(str(eval_dir))
     events.Reload()
-    assert "test/confusion_matrix" in events.Tags()["images"]
+    assert {"test/confusion_matrix", "test/per_class"} <= set(events.Tags()["images"])
 
 
 def test_evaluate_on_val_split(tmp_path: Path, mlp_run: Path) -> None:

@@ -1,7 +1,8 @@
 """Build the train/val/test batches a run iterates over, from the `data` config.
 
 The dataset class named by `data.dataset._target_` is called with `train=True` for the
-training set (the validation split is carved out of it with `data.split_seed`) and
+training set (the validation split is carved out of it with `data.split_seed`: a
+`data.val_split` fraction, or fold `data.fold` of `data.folds`) and
 `train=False` for the test set, the convention of torchvision's datasets. Datasets that
 expose uint8 `data` and `targets` (MNIST, FashionMNIST, CIFAR-10, synthetic) can take
 the in-memory path; any other map-style dataset goes through a DataLoader.
@@ -22,7 +23,8 @@ from torch.utils.data import Dataset
 
 from src.data.bundled import MNIST_TARGET, unpack_mnist
 from src.data.batches import BatchAugment, InMemoryBatches, LoaderBatches, Normalize, TransformedSubset
-from src.data.splits import seeded_split
+from src.data.splits import kfold_split, seeded_split
+from src.trainer.tasks import task_class
 from src.utils import distributed
 from src.utils.errors import UserError, one_line
 
@@ -45,6 +47,9 @@ class DataSplits:
     # Per-feature mean/std computed on the training split (data.standardize), which a
     # checkpoint keeps so evaluation normalises exactly as training did.
     stats: dict[str, list[float]] | None = None
+    # Per-column mean/std of the training split's regression targets (data.standardize_target),
+    # which the model learns standardised; a checkpoint keeps them to report in their units.
+    target_stats: dict[str, list[float]] | None = None
     # The dataset's class names (torchvision's `classes`, an image folder's class
     # folders) and a table's feature column names, when it has them.
     classes: list[str] | None = None
@@ -59,9 +64,13 @@ def build_data(
     stats: dict[str, list[float]] | None = None,
     limit_batches: int | None = None,
     overfit_batches: int = 0,
+    target_stats: dict[str, list[float]] | None = None,
+    classes: list[str] | None = None,
 ) -> DataSplits:
     """Batches for the requested splits; `seed` orders the training batches of each
-    epoch; `stats` are standardisation statistics saved by an earlier run.
+    epoch; `stats` and `target_stats` are standardisation statistics saved by an
+    earlier run, and `classes` its class names (a dataset that takes `classes`, such
+    as a table of class names, maps its labels by them).
 
     Debugging: `limit_batches` caps every split's batches per epoch; `overfit_batches`
     trains on the first N batches of the training set, unshuffled, every epoch, and
@@ -69,10 +78,10 @@ def build_data(
     """
     needs_train = bool({"train", "val"} & set(splits)) or (cfg.get("standardize") and stats is None)
     with distributed.rank_zero_first():  # under torchrun, one process downloads
-        train_set = load_dataset(cfg, train=True) if needs_train else None
-        test_set = load_dataset(cfg, train=False) if "test" in splits else None
+        train_set = load_dataset(cfg, train=True, classes=classes) if needs_train else None
+        test_set = load_dataset(cfg, train=False, classes=classes) if "test" in splits else None
     in_memory = _use_in_memory(cfg, [d for d in (train_set, test_set) if d is not None])
-    train_idx, val_idx = seeded_split(len(train_set), cfg.val_split, cfg.split_seed) if train_set is not None else (None, None)
+    train_idx, val_idx = train_and_val_indices(cfg, len(train_set)) if train_set is not None else (None, None)
     # An empty split would report metrics of nothing; say what to change instead.
     if train_set is not None:
         _check_train_and_val_sizes(cfg, len(train_set), len(train_idx), len(val_idx), splits, overfit_batches)
@@ -81,6 +90,8 @@ def build_data(
     if cfg.get("standardize") and stats is None:
         features = _as_tensors(train_set)[0][train_idx].double()
         stats = {"mean": features.mean(dim=0).tolist(), "std": features.std(dim=0).clamp_min(1e-8).tolist()}
+    if cfg.get("standardize_target") and target_stats is None and "train" in splits:
+        target_stats = task_class(cfg.task).target_statistics(torch.as_tensor(train_set.targets)[train_idx])
     normalize = Normalize(*normalization(cfg, stats), device)
     augment = BatchAugment(**cfg.augment) if cfg.get("augment") else None
 
@@ -124,7 +135,7 @@ def build_data(
     else:
         input_shape = tuple(sample_transform(cfg, "eval")(any_set[0][0]).shape)
     return DataSplits(
-        train=train, val=val, test=test, in_memory=in_memory, input_shape=input_shape, stats=stats,
+        train=train, val=val, test=test, in_memory=in_memory, input_shape=input_shape, stats=stats, target_stats=target_stats,
         classes=_names(any_set, "classes"), features=_names(any_set, "feature_names"),
     )
 
@@ -142,6 +153,22 @@ def _names(dataset: Any, attribute: str) -> list[str] | None:
     if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
         return list(names)
     return None
+
+
+def train_and_val_indices(cfg: DictConfig, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set's (training, validation) sample indices: with `data.folds`, fold
+    `data.fold` of a seeded K-fold split validates (cross-validation; `data.val_split` is
+    then not used), else a seeded `data.val_split` fraction does."""
+    folds = cfg.get("folds")
+    if not folds:
+        return seeded_split(num_samples, cfg.val_split, cfg.split_seed)
+    if 0 < num_samples < folds:
+        raise UserError(
+            f"data.folds={folds} is more than the {num_samples} training sample(s) of data={cfg.name}: some folds "
+            f"would be empty. Use at most data.folds={num_samples}, or more data."
+        )
+    log.info(f"Cross-validation: fold {cfg.fold} of data.folds={folds} is the validation split (data.val_split is not used)")
+    return kfold_split(num_samples, folds, cfg.fold, cfg.split_seed)
 
 
 def _check_train_and_val_sizes(
@@ -198,12 +225,14 @@ def to_image_tensor(sample: Any) -> torch.Tensor:
     return to_image(sample).as_subclass(torch.Tensor)
 
 
-def load_dataset(cfg: DictConfig, train: bool) -> Dataset:
-    """Instantiate `data.dataset` for one split; a missing or undownloadable dataset is a UserError."""
+def load_dataset(cfg: DictConfig, train: bool, classes: list[str] | None = None) -> Dataset:
+    """Instantiate `data.dataset` for one split; a missing or undownloadable dataset is a
+    UserError. `classes` (a trained model's) go to a dataset config with a `classes` key."""
     if cfg.dataset._target_ == MNIST_TARGET:  # the repository's bundled copy, gzipped
         unpack_mnist(Path(str(cfg.dataset.root)))
+    named = {"classes": list(classes)} if classes and "classes" in cfg.dataset else {}
     try:
-        return instantiate(cfg.dataset, train=train)
+        return instantiate(cfg.dataset, train=train, **named)
     except Exception as err:
         cause = err.__cause__ or err
         if isinstance(cause, UserError):  # a dataset of ours explaining what is wrong

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from src.data.splits import seeded_split
+from src.utils.config import class_folder_names, is_presplit
 from src.utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -22,8 +24,11 @@ class ImageFolderSplit(Dataset):
     the images of `root/<class>/` are split by `test_split` with `split_seed` (the
     validation split is carved out of the train images later). Images that cannot be
     read are skipped with a warning that counts them, or fail the run when
-    `skip_unreadable` is false. Samples are (PIL image, class index); with
-    `num_classes`, more class folders than that are refused.
+    `skip_unreadable` is false. Samples are (PIL image, class index): class `i` is
+    `classes[i]`, by default the sorted class folders of the training images (so a
+    test/ folder that lacks a class keeps the indices of train/), and `classes` (a
+    trained model's) maps a new folder the same way. With `num_classes`, another
+    number of classes is refused.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class ImageFolderSplit(Dataset):
         split_seed: int = 0,
         skip_unreadable: bool = True,
         num_classes: int | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         from torchvision.datasets import ImageFolder
         from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -41,22 +47,37 @@ class ImageFolderSplit(Dataset):
         base = Path(root)
         if not base.is_dir():
             raise UserError(f"data.root={root!r} is not a folder: expected {root}/<class>/<image> (or train/ and test/ inside).")
-        presplit = (base / "train").is_dir() and (base / "test").is_dir()
+        presplit = is_presplit(base)
         folder = base / ("train" if train else "test") if presplit else base
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        if not classes:
+        found = class_folder_names(folder)
+        if not found:
             raise UserError(f"{folder} has no class folders: expected {folder}/<class>/<image>.")
-        if num_classes is not None and len(classes) > num_classes:
+        training_folder = base / "train" if presplit else base
+        classes = list(classes) if classes else class_folder_names(training_folder)
+        if num_classes is not None and len(classes) != num_classes:
             raise UserError(
-                f"{folder} has {len(classes)} class folders ({', '.join(classes)}), but "
-                f"data.num_classes={num_classes}: a model with {num_classes} outputs cannot predict "
-                f"{len(classes) - num_classes} of them. Set data.num_classes={len(classes)}."
+                f"{training_folder} has {len(classes)} class folders ({', '.join(classes)}), but data.num_classes={num_classes}: "
+                f"the model has one output per class folder, in the folders' sorted order. Leave data.num_classes out "
+                f"(it is counted from the folders), or set data.num_classes={len(classes)}."
             )
-        empty = [c for c in classes if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (folder / c).rglob("*"))]
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise UserError(
+                f"{folder} has class folder(s) {', '.join(unknown)} that are not among the {len(classes)} classes "
+                f"({', '.join(classes)}) of the training images or the model. Remove or rename them."
+            )
+        empty = [c for c in found if not any(f.suffix.lower() in IMG_EXTENSIONS for f in (folder / c).rglob("*"))]
         if empty:
             raise UserError(f"Class folder(s) {', '.join(empty)} in {folder} hold no images ({', '.join(IMG_EXTENSIONS)}).")
-        self.images = ImageFolder(str(folder))
-        self.classes = self.images.classes
+
+        class Folder(ImageFolder):
+            """Class indices by `classes`, whichever of them this folder holds."""
+
+            def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+                return classes, {name: index for index, name in enumerate(classes)}
+
+        self.images = Folder(str(folder), allow_empty=True)
+        self.classes = classes
 
         readable, bad = [], []
         for index, (path, _) in enumerate(self.images.samples):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -23,8 +23,11 @@ class CSVTable(Dataset):
     Inputs are the `features` columns (all but the targets when null) as float32;
     the `task` (`data.task`) makes the targets of the `target` columns: e.g. integer
     class indices below `num_classes` for classification, floats for regression, 0/1
-    rows for multilabel. The file is split into train and test rows by `test_split`
-    with `split_seed`; the validation split is carved out of the train rows later.
+    rows for multilabel. A class column may hold names instead (`setosa`, ...): class
+    `i` is then `classes[i]`, by default the sorted distinct names in the file, and
+    `classes` (a trained model's) maps a new file the same way. The file is split into
+    train and test rows by `test_split` with `split_seed`; the validation split is
+    carved out of the train rows later.
     `data` (N, F) and `targets` hold the rows of the requested split.
     """
 
@@ -39,6 +42,7 @@ class CSVTable(Dataset):
         test_split: float = 0.2,
         split_seed: int = 0,
         delimiter: str | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
         file = Path(path)
         if not file.is_file():
@@ -54,8 +58,12 @@ class CSVTable(Dataset):
 
         columns = {name: header.index(name) for name in header}
         x = _numeric(rows, [columns[n] for n in features], features, path)
-        y = _numeric(rows, [columns[n] for n in targets], targets, path)
-        y = task_class(task).targets_from_table(y, targets, path, num_classes)
+        self.classes = list(classes) if classes else None
+        if task_class(task).one_output_per_class and len(targets) == 1 and (classes or not _numbers_only(rows, columns[targets[0]])):
+            y, self.classes = _class_indices(rows, columns[targets[0]], targets[0], self.classes, num_classes, path)
+        else:
+            y = _numeric(rows, [columns[n] for n in targets], targets, path)
+            y = task_class(task).targets_from_table(y, targets, path, num_classes)
 
         train_rows, test_rows = seeded_split(len(x), test_split, split_seed)
         rows_of_split = train_rows if train else test_rows
@@ -136,6 +144,50 @@ def _check_shape(rows: list[list[str]], header: list[str], path: str) -> None:
                 f"{path}, line {line}: {len(row)} cells, but the header has {len(header)} columns. "
                 f"Every row needs one cell per header column (a cell holding the delimiter must be quoted)."
             )
+
+
+def _data_rows(rows: list[list[str]]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of every data row that is not blank."""
+    for line, row in enumerate(rows[1:], start=2):
+        if any(cell.strip() for cell in row):
+            yield line, row
+
+
+def _numbers_only(rows: list[list[str]], index: int) -> bool:
+    """Whether column `index` holds only numbers (class indices), not names."""
+    return all(_finite_number(row[index] if index < len(row) else "") is not None for _, row in _data_rows(rows))
+
+
+def _class_indices(
+    rows: list[list[str]], index: int, name: str, classes: list[str] | None, num_classes: int | None, path: str
+) -> tuple[torch.Tensor, list[str]]:
+    """The class index of each row's label in column `index`, and the class names: the
+    given `classes` (a trained model's), or the sorted distinct labels of the file."""
+    labels = [(line, row[index].strip() if index < len(row) else "") for line, row in _data_rows(rows)]
+    blank = next((line for line, label in labels if not label), None)
+    if blank is not None:
+        raise UserError(f"{path}, line {blank}: the class column {name!r} is empty. Every row needs its class name.")
+    classes = classes or sorted({label for _, label in labels})
+    if num_classes is not None and len(classes) != num_classes:
+        raise UserError(
+            f"{path}: the class column {name!r} names {len(classes)} classes ({_few(classes)}), but "
+            f"data.num_classes={num_classes}. Set data.num_classes={len(classes)}."
+        )
+    index_of = {label: i for i, label in enumerate(classes)}
+    unseen = next(((line, label) for line, label in labels if label not in index_of), None)
+    if unseen is not None:
+        line, label = unseen
+        raise UserError(
+            f"{path}, line {line}: the class column {name!r} holds {label!r}, which is not one of the "
+            f"{len(classes)} classes its labels are mapped to ({_few(classes)}: data.classes, or the trained model's). "
+            f"Give rows of those classes only, or train a model that knows {label!r}."
+        )
+    return torch.tensor([index_of[label] for _, label in labels], dtype=torch.int64), classes
+
+
+def _few(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(map(repr, names[:limit]))
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def _numeric(rows: list[list[str]], indices: list[int], names: list[str], path: str) -> torch.Tensor:

@@ -32,7 +32,8 @@ FORMAT_VERSION = 1
 class RunInfo:
     """What a checkpoint records about the run besides its training state: the resolved
     config (YAML), the config group choices, the data's standardisation statistics
-    (so that test.py normalises new data as training did), and the names of the
+    (so that test.py normalises new data as training did), a regression task's target
+    statistics (its model outputs standardised targets), and the names of the
     classes and input features when the dataset has them (so that predict.py names
     its predictions, and reads a table's columns by name)."""
 
@@ -41,6 +42,7 @@ class RunInfo:
     data_stats: dict[str, list[float]] | None = None
     classes: list[str] | None = None
     features: list[str] | None = None
+    target_stats: dict[str, list[float]] | None = None
 
     def state(self) -> dict[str, Any]:
         return {
@@ -49,6 +51,7 @@ class RunInfo:
             "data_stats": self.data_stats,
             "classes": self.classes,
             "features": self.features,
+            "target_stats": self.target_stats,
         }
 
 REQUIRED_KEYS = ("format_version", "model", "config", "epoch", "step")
@@ -100,6 +103,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "rank_states": (lambda v: v is None or (isinstance(v, list) and all(isinstance(r, dict) for r in v)), "a list of per-process dicts or None"),
     "choices": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(c, str) for k, c in v.items()), "a dict of config group choices"),
     "data_stats": (lambda v: v is None or _is_stats(v), "None or a dict of mean and std lists"),
+    "target_stats": (lambda v: v is None or _is_stats(v), "None or a dict of mean and std lists"),
     "classes": (_is_names, "None or a list of class names"),
     "features": (_is_names, "None or a list of feature names"),
     "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_count(r.get("epoch")) for r in v), "a list of per-validation records"),

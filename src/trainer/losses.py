@@ -52,3 +52,34 @@ class NLLLoss(nn.NLLLoss):
 
     def forward(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return super().forward(F.log_softmax(outputs, dim=1), targets)
+
+
+class TargetScale:
+    """The per-column mean and std of a regression task's training targets: targets are
+    standardised for the loss, and outputs mapped back to the targets' own units for the
+    metrics and predictions."""
+
+    def __init__(self, stats: dict[str, list[float]]) -> None:
+        self.mean, self.std = stats["mean"], stats["std"]
+        self._tensors: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and std on `like`'s device and in its dtype (made once per pair, not per step)."""
+        key = (like.device, like.dtype)
+        if key not in self._tensors:
+            self._tensors[key] = (
+                torch.tensor(self.mean, device=like.device, dtype=like.dtype),
+                torch.tensor(self.std, device=like.device, dtype=like.dtype),
+            )
+        return self._tensors[key]
+
+    def standardize(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Targets shaped like the outputs, as (target - mean) / std: what the loss compares with."""
+        mean, std = self._on(outputs)
+        targets = like_outputs(outputs, targets)
+        return (targets - mean) / std
+
+    def to_units(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Outputs (N, columns) in the targets' own units: output * std + mean."""
+        mean, std = self._on(outputs)
+        return outputs * std + mean

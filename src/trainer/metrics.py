@@ -10,10 +10,9 @@ import math
 from typing import Any
 
 import torch
-from rich.table import Table
 
-from src.trainer.images import confusion_image
-from src.trainer.loggers import Loggers
+from src.trainer.class_report import ClassReport, ConfusionMatrix, class_labels, class_scores, macro_averages
+from src.trainer.losses import TargetScale
 from src.trainer.tasks.base import Extra
 from src.utils.distributed import sum_across_ranks
 
@@ -28,21 +27,24 @@ def host_copy(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class ClassificationMetrics:
-    """Mean loss, accuracy, top-5 accuracy (when `names` has top5) and, on request,
-    the confusion matrix (rows: true class, columns: predicted class)."""
+    """Mean loss, accuracy, top-5 accuracy (when `names` has top5) and macro F1 (when
+    `names` has macro_f1). Macro F1 comes from a confusion matrix (rows: true class,
+    columns: predicted class) counted on the device, which also gives the evaluation
+    extras: each class's precision, recall and F1 (src/trainer/class_report.py)."""
 
-    def __init__(self, num_classes: int, device: torch.device, names: list[str], confusion: bool = False) -> None:
+    def __init__(self, num_classes: int, device: torch.device, names: list[str]) -> None:
         self.num_classes = num_classes
         self.names = names
         self.count = 0
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.correct_top5 = torch.zeros((), dtype=torch.int64, device=device) if "top5" in self.names else None
-        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device) if confusion else None
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device) if "macro_f1" in self.names else None
         # Outputs and targets of the last few batches, counted together: one argmax over
         # 16 batches costs far less than 16 small ones (about 1.5% of a CPU MLP's step).
         # Counts are integers, so grouping batches never changes a result.
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._summed: torch.Tensor | None = None  # the sums over every rank, once `compute` asked
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         """Add one batch: `loss` is the batch mean, as the loss module returns it.
@@ -53,6 +55,7 @@ class ClassificationMetrics:
         # resumed epoch must add up exactly as an uninterrupted one.
         self.loss_sum.add_(loss, alpha=n)
         self._pending.append((outputs, targets))
+        self._summed = None
         if len(self._pending) == PENDING_BATCHES:
             self._count_pending()
 
@@ -71,16 +74,33 @@ class ClassificationMetrics:
         if self.confusion is not None:
             self.confusion = self.confusion + torch.bincount(targets * self.num_classes + predicted, minlength=self.num_classes**2)
 
+    def _sums(self) -> torch.Tensor:
+        """Loss sum, correct, [top-5 correct], sample count, [confusion counts], as
+        float64 summed over every rank under torchrun (every rank calls this alike)."""
+        if self._summed is None:
+            self._count_pending()
+            counts = [self.loss_sum.double(), self.correct.double()]
+            if self.correct_top5 is not None:
+                counts.append(self.correct_top5.double())
+            counts.append(torch.tensor(float(self.count), dtype=torch.float64, device=self.loss_sum.device))
+            confusion = [] if self.confusion is None else [self.confusion.double()]
+            self._summed = sum_across_ranks(torch.cat([torch.stack(counts), *confusion]))
+        return self._summed
+
+    def _confusion(self) -> torch.Tensor:
+        """The confusion matrix summed over every rank, (C, C) on the device."""
+        return self._sums()[-self.num_classes**2 :].view(self.num_classes, self.num_classes)
+
     def compute(self) -> dict[str, float]:
         """The epoch's metrics as floats, over every rank's batches under torchrun: one
         device-to-host transfer. Without any sample they are nan, never a made-up 0."""
-        self._count_pending()
-        sums = [self.loss_sum.double(), self.correct.double()]
-        if self.correct_top5 is not None:
-            sums.append(self.correct_top5.double())
-        sums.append(torch.tensor(float(self.count), dtype=torch.float64, device=self.loss_sum.device))
-        *values, count = sum_across_ranks(torch.stack(sums)).tolist()
-        return dict(zip(self.names, [v / count if count else math.nan for v in values]))
+        sums = self._sums()
+        means = sums[: 3 if self.correct_top5 is not None else 2]
+        count = sums[len(means)]
+        values = [means / count]  # 0/0: nan
+        if self.confusion is not None:
+            values.append(macro_averages(class_scores(self._confusion()))[2:])
+        return dict(zip(self.names, torch.cat(values).tolist()))
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums, so a mid-epoch checkpoint resumes the epoch's metrics exactly."""
@@ -90,6 +110,7 @@ class ClassificationMetrics:
             "loss_sum": host_copy(self.loss_sum),
             "correct": host_copy(self.correct),
             "correct_top5": None if self.correct_top5 is None else host_copy(self.correct_top5),
+            "confusion": None if self.confusion is None else host_copy(self.confusion),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -99,34 +120,24 @@ class ClassificationMetrics:
         self.correct = state["correct"].to(device)
         if self.correct_top5 is not None:
             self.correct_top5 = state["correct_top5"].to(device)
+        if self.confusion is not None:
+            self.confusion = state["confusion"].to(device)
+        self._summed = None
 
-    def extras(self) -> dict[str, Extra]:
+    def extras(self, class_names: list[str] | None = None) -> dict[str, Extra]:
+        """Each class's precision, recall and F1, and the confusion matrix, labelled with
+        `class_names` (the dataset's, when it has one per class; else the indices)."""
         if self.confusion is None:
             return {}
-        self._count_pending()
-        return {"confusion_matrix": ConfusionMatrix(self.confusion.view(self.num_classes, self.num_classes).tolist())}
-
-
-class ConfusionMatrix:
-    """Counts of (true class, predicted class): rows are true classes."""
-
-    def __init__(self, counts: list[list[int]]) -> None:
-        self.counts = counts
-
-    def to_json(self) -> list[list[int]]:
-        return self.counts
-
-    def table(self) -> Table:
-        table = Table(title="Confusion matrix (rows: true class, columns: predicted)", title_justify="left")
-        table.add_column("")
-        for j in range(len(self.counts)):
-            table.add_column(str(j), justify="right")
-        for i, row in enumerate(self.counts):
-            table.add_row(str(i), *(f"[bold]{c}[/bold]" if i == j else str(c) for j, c in enumerate(row)))
-        return table
-
-    def log(self, loggers: Loggers, name: str, step: int) -> None:
-        loggers.log_image(name, confusion_image(self.counts), step)
+        confusion = self._confusion()
+        scores = class_scores(confusion)
+        scores_and_macro = torch.cat([scores.flatten(), macro_averages(scores)]).tolist()
+        labels = class_labels(class_names, self.num_classes)
+        per_class = [scores_and_macro[k * self.num_classes : (k + 1) * self.num_classes] for k in range(4)]
+        return {
+            "per_class": ClassReport(labels, per_class, scores_and_macro[4 * self.num_classes :]),
+            "confusion_matrix": ConfusionMatrix(confusion.long().tolist(), labels),
+        }
 
 
 class SummedMetrics:
@@ -155,15 +166,17 @@ class SummedMetrics:
         self.loss_sum = state["loss_sum"].to(device, copy=True)
         self.sums = {k: state[k].to(device, copy=True) for k in self.sums}
 
-    def extras(self) -> dict[str, Extra]:
+    def extras(self, class_names: list[str] | None = None) -> dict[str, Extra]:
         return {}
 
 
 class RegressionMetrics(SummedMetrics):
     """Mean loss, mean squared and absolute error, and R² (averaged over the outputs),
-    from running sums on the device; `names` gives their four names."""
+    from running sums on the device; `names` gives their four names. With `scale`, the
+    outputs are standardised targets, mapped back to the targets' units before comparing."""
 
-    def __init__(self, num_outputs: int, device: torch.device, names: list[str]) -> None:
+    def __init__(self, num_outputs: int, device: torch.device, names: list[str], scale: TargetScale | None = None) -> None:
+        self.scale = scale
         zeros = lambda: torch.zeros(num_outputs, dtype=torch.float64, device=device)  # noqa: E731
         # Per output: sum of squared and absolute errors, of targets and of squared targets.
         super().__init__(device, names, {"sq_err": zeros(), "abs_err": zeros(), "y": zeros(), "y_sq": zeros()})
@@ -173,7 +186,10 @@ class RegressionMetrics(SummedMetrics):
         n = targets.shape[0]
         self._add_loss(loss, n)
         y = targets.reshape(n, -1).double()
-        error = outputs.reshape(n, -1).double() - y
+        predicted = outputs.reshape(n, -1).double()
+        if self.scale is not None:
+            predicted = self.scale.to_units(predicted)
+        error = predicted - y
         self.sums["sq_err"].add_(error.square().sum(dim=0))
         self.sums["abs_err"].add_(error.abs().sum(dim=0))
         self.sums["y"].add_(y.sum(dim=0))

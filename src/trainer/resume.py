@@ -47,6 +47,8 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
         key = override.key_or_group
         if key in ("resume", "logger") or key.startswith("hydra"):
             continue
+        if key == "data.batch_size" and override.value() == "auto":
+            continue  # the size the run's search chose is in its config
         if key in groups:
             if saved_choices.get(key) == override.value():
                 continue
@@ -73,7 +75,7 @@ def resumed_config(cfg: DictConfig, state: dict[str, Any], overrides: list[str],
 
 # What decides which samples are validation samples: changed on resume, the new
 # validation set would hold samples the model was trained on.
-SPLIT_KEYS = ("data.val_split", "data.split_seed")
+SPLIT_KEYS = ("data.val_split", "data.split_seed", "data.folds", "data.fold")
 # What decides the batches of an epoch: a mid-epoch position means nothing without them.
 ORDER_KEYS = ("data.batch_size", "seed")
 

@@ -26,6 +26,7 @@ from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
 from src.trainer.loss_log import PendingLosses
+from src.trainer.micro_batches import MicroBatches
 from src.trainer.loggers import Loggers
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.records import log_validation
@@ -81,6 +82,7 @@ class Trainer:
         trained = torch.compile(self.ddp or model) if cfg.compile else (self.ddp or model)
         self.train_forward = ForwardPass(trained, loss_fn, device, channels_last, self.precision)
         self.eval_forward = ForwardPass(model if self.distributed else trained, loss_fn, device, channels_last, self.precision)
+        self.micro_batches = MicroBatches(self.train_forward, optimizer, self._backward, device, enabled=not self.distributed)
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
@@ -101,6 +103,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.early_stopping = EarlyStopping(cfg.mode, cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         self.stopped_early = False
+        self.stop_requested: str | None = None  # a callback's status for ending after this epoch ("pruned")
         self.stop = StopRequest()
         self.stopping = 0  # the signal every rank agreed to stop for (0: none)
         self.losses = PendingLosses()
@@ -115,7 +118,7 @@ class Trainer:
         with self.stop, anomaly, bar as progress:
             self.callbacks.call("on_fit_start", self)
             self.clock.lap()  # the first record's seconds count from here
-            while self.clock.running(self.epoch, self.step) and not self.stopped_early:
+            while self.clock.running(self.epoch, self.step) and not self.stopped_early and not self.stop_requested:
                 self.callbacks.call("on_train_epoch_start", self)
                 metrics = self.train_epoch(progress)
                 if metrics is None:  # the run ended inside the epoch (max_steps, early stopping)
@@ -149,15 +152,8 @@ class Trainer:
         progress.start(self.clock.epoch_name(self.epoch + 1), total=num_batches, completed=start, batch_size=batches.batch_size)
         for batch, (inputs, targets) in enumerate(batches, start=start):
             steps = (batch + 1) % accumulate == 0 or batch + 1 == num_batches  # the accumulation window's last batch
-            with ddp.gradient_sync(self.ddp, steps):
-                outputs, loss = self.train_forward(inputs, targets)
-                if batch == start or batch % accumulate == 0:
-                    # Cleared right before the window's first backward, as in the classic
-                    # loop: clearing right after the step instead lets the next forward
-                    # reuse the gradients' memory, which costs on CPU convnets.
-                    self.optimizer.zero_grad(set_to_none=True)
-                # Averaging over the accumulated batches makes k batches of n one batch of k*n.
-                self._backward(loss if accumulate == 1 else loss / accumulate, batch)
+            with ddp.gradient_sync(self.ddp, steps):  # forward and backward, in pieces once out of memory
+                outputs, loss = self.micro_batches(inputs, targets, batch == start or batch % accumulate == 0, accumulate, batch)
             loss = loss.detach()
             metrics.update(outputs.detach(), targets, loss)
             self.losses.add(loss)
@@ -177,7 +173,7 @@ class Trainer:
         try:
             (self.scaler.scale(loss) if self.scaler.is_enabled() else loss).backward()
         except RuntimeError as err:
-            if not self.cfg.detect_anomaly:
+            if not self.cfg.detect_anomaly or isinstance(err, torch.OutOfMemoryError):
                 raise
             raise stops.anomaly(one_line(err), self.step + 1, self.epoch + 1, batch + 1, self._on_disk()) from err
 

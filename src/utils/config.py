@@ -13,7 +13,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src.trainer.tasks import get_task
+from src.trainer.tasks import TASKS, get_task
 from src.utils import distributed
 from src.utils.errors import UserError
 
@@ -62,6 +62,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check(cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, "one of " + ", ".join(PRECISIONS))
     _check(cfg, "trainer.compile", lambda v: isinstance(v, bool), "true or false")
     _check(cfg, "trainer.accumulate_grad_batches", lambda v: _is_int(v, 1), "a positive integer")
+    _check(cfg, "trainer.batch_size_search.max_batch_size", lambda v: _is_int(v, 1), "a positive integer (the largest batch data.batch_size=auto tries)")
+    _check(cfg, "trainer.batch_size_search.memory_margin", lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1) of the device's memory to keep free")
     _check(cfg, "trainer.limit_batches", lambda v: _is_int(v, 1), "a positive integer, or null for all", optional=True)
     _check(cfg, "trainer.overfit_batches", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables)")
     _check(cfg, "trainer.log_histograms_every_n_epochs", lambda v: _is_int(v, 0), "an integer >= 0 (0 disables)")
@@ -124,16 +126,18 @@ def _check_scheduler(cfg: DictConfig) -> None:
 
 
 def validate_data_config(cfg: DictConfig) -> None:
-    _check(cfg, "data.batch_size", lambda v: _is_int(v, 1), "a positive integer")
+    _check(cfg, "data.batch_size", lambda v: _is_int(v, 1) or v == "auto", "a positive integer, or auto (the largest batch that fits in memory)")
     _check(cfg, "data.eval_batch_size", lambda v: _is_int(v, 1), "a positive integer")
     _check(cfg, "data.num_workers", lambda v: _is_int(v, 0), "an integer >= 0")
     _check(cfg, "data.val_split", lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)")
     _check(cfg, "data.in_memory", lambda v: v in ("auto", True, False), "auto, true or false")
+    _check_folds(cfg)
     for key in ("path", "target", "root", "num_classes"):
         if key in cfg.data.keys() and OmegaConf.is_missing(cfg.data, key):
             raise UserError(f"data={cfg.data.name} needs data.{key}=... on the command line (see configs/data/{cfg.data.name}.yaml).")
-    _check(cfg, "data.num_outputs", lambda v: _is_int(v, 1), "a positive integer (the model's output width)")
+    # The task first: a classifier's num_outputs follows data.num_classes, which it checks.
     get_task(cfg.data).check_data(cfg.data)  # an unknown data.task is refused with the known ones
+    _check(cfg, "data.num_outputs", lambda v: _is_int(v, 1), "a positive integer (the model's output width)")
     _check(
         cfg,
         "data.input_shape",
@@ -141,8 +145,38 @@ def validate_data_config(cfg: DictConfig) -> None:
         "a list of positive integers, e.g. [1, 28, 28], or null to read it from the data",
         optional=True,
     )
+    _check(
+        cfg,
+        "data.classes",
+        lambda v: isinstance(v, ListConfig) and all(isinstance(x, str) for x in v) and len(set(v)) == len(v),
+        "a list of distinct class names in class-index order, e.g. [setosa,versicolor,virginica], or null",
+        optional=True,
+    )
     for key in ("data.mean", "data.std"):
         _check(cfg, key, lambda v: isinstance(v, ListConfig) and all(_is_number(x) for x in v), "a list of numbers, or null", optional=True)
+
+
+def _check_folds(cfg: DictConfig) -> None:
+    """Cross-validation takes both data.folds=K and data.fold=i (the fold that validates)."""
+    folds, fold = cfg.data.get("folds"), cfg.data.get("fold")
+    _check(cfg, "data.folds", lambda v: _is_int(v, 2), "an integer >= 2 (how many folds to cross-validate over), or null", optional=True)
+    if folds is None and fold is not None:
+        raise UserError(
+            f"data.fold={fold!r} needs data.folds, the number of folds: e.g. data.folds=5 data.fold={fold}. "
+            f"Without data.folds, leave data.fold out (the validation split is then a data.val_split fraction)."
+        )
+    if folds is not None and fold is None:
+        raise UserError(
+            f"data.folds={folds} needs data.fold, the fold that validates (0 to {folds - 1}): e.g. data.fold=0, "
+            f"or all {folds} folds with `python train.py -m data.folds={folds} 'data.fold=range({folds})'`."
+        )
+    if folds is not None:
+        _check(cfg, "data.fold", lambda v: _is_int(v, 0) and v < folds, f"an integer from 0 to {folds - 1} (a fold of data.folds={folds})")
+
+
+def has_validation(data: DictConfig) -> bool:
+    """Whether a run validates: on a fold (data.folds) or on a data.val_split fraction."""
+    return bool(data.get("folds")) or data.val_split > 0
 
 
 def check_loggers(cfg: DictConfig) -> None:
@@ -164,10 +198,10 @@ def _check_monitor(cfg: DictConfig) -> None:
     monitor = cfg.trainer.monitor
     task = get_task(cfg.data)
     choices = [f"train/{name}" for name in task.metric_names(training=True)]
-    if cfg.data.val_split > 0:
+    if has_validation(cfg.data):
         choices += [f"val/{name}" for name in task.metric_names()]
     if monitor not in choices:
-        why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and cfg.data.val_split == 0 else ""
+        why = " (there is no validation set: data.val_split=0)" if str(monitor).startswith("val/") and not has_validation(cfg.data) else ""
         raise UserError(f"Invalid value trainer.monitor={monitor!r}{why}: expected one of {', '.join(choices)}.")
 
 
@@ -372,9 +406,37 @@ def shared_override_keys(overrides: list[str]) -> list[str]:
 
 
 def num_columns(columns: Any) -> int:
-    """Resolver for a table's default `data.num_outputs`: how many columns `data.target`
-    names (one name, or a list of names)."""
+    """How many columns `data.target` names (one name, or a list of names)."""
     return len(columns) if isinstance(columns, (list, ListConfig)) else 1
+
+
+def table_outputs(task: str, target: Any, num_classes: int | None) -> int | None:
+    """Resolver for a table's default `data.num_outputs`: `num_classes` for a task with
+    one output per class, else one output per target column. (An unknown task is left
+    to the config checks, which name the known ones.)"""
+    cls = TASKS.get(task)
+    return num_classes if cls is not None and cls.one_output_per_class else num_columns(target)
+
+
+def is_presplit(root: Path) -> bool:
+    """An image folder with train/ and test/ folders: those are its splits."""
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def class_folder_names(folder: Path) -> list[str]:
+    """The names of the folders in an image folder, sorted: its classes."""
+    return sorted(entry.name for entry in folder.iterdir() if entry.is_dir())
+
+
+def class_folders(root: Any) -> int | None:
+    """Resolver for an image folder's default `data.num_classes`: how many class folders
+    `root/` holds (`root/train/` when it has train/ and test/), or None when `root` is
+    not such a folder (the data checks then say so). Pure: it only reads."""
+    base = Path(str(root))
+    folder = base / "train" if is_presplit(base) else base
+    if not folder.is_dir():
+        return None
+    return len(class_folder_names(folder)) or None
 
 
 def register_resolvers() -> None:
@@ -385,7 +447,8 @@ def register_resolvers() -> None:
         "job_dirname": job_dirname,
         "repo_path": repo_path,
         "eval_dirname": eval_dirname,
-        "num_columns": num_columns,
+        "table_outputs": table_outputs,
+        "class_folders": class_folders,
     }
     for name, resolver in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -173,6 +173,21 @@ class RunFolder:
             _remove(self.path / snapshot)  # a resume's own config snapshot, .hydra/resume_<time>
 
 
+def is_locked(folder: Path) -> bool:
+    """Whether a process holds `folder`'s run lock now (a job still running)."""
+    try:
+        fd = os.open(folder / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def recorded(path: str | Path) -> RunFolder:
     """The folder as `RunFolderCallback` saw it before Hydra wrote there; for a folder
     it did not see (a sweep's job), the folder as it is now, so nothing in it counts
@@ -214,7 +229,7 @@ class RunFolderCallback(Callback):
                 # these overrides (joblib and submitit in other processes): they must name
                 # the claimed folder, not resolve a new one.
                 with read_write(config.hydra.overrides):
-                    config.hydra.overrides.hydra.append(f"hydra.sweep.dir={_quoted(claimed)}")
+                    config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(claimed)}")
             else:  # a sweep folder given by path, new or continued: sweepers may open files there at once
                 sweep = Path(str(config.hydra.sweep.dir))
                 if sweep.exists() and not sweep.is_dir():
@@ -235,7 +250,7 @@ def _name_jobs_by_what_differs(config: DictConfig) -> None:
     keys = [*naming.exclude_keys, *(key for key in shared if key not in naming.exclude_keys)]
     _set(naming, "exclude_keys", keys)
     with read_write(config.hydra.overrides):
-        config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(map(_quoted, keys))}]")
+        config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(map(quoted, keys))}]")
 
 
 def _claim_on_rank_zero(candidate: str) -> str:
@@ -249,7 +264,7 @@ def _is_default(node: DictConfig, key: str, resolver: str) -> bool:
     return isinstance(raw, str) and raw.startswith("${" + resolver + ":")
 
 
-def _quoted(value: str) -> str:
+def quoted(value: str) -> str:
     """`value` as one quoted string in Hydra's override grammar."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 

@@ -5,7 +5,11 @@ Every job folder holds a metrics.json: the run writes it when it finishes, or st
 an error such as a NaN (`status: failed`, with its history), and `run_sweep_job` writes
 one with `status: failed` for any other job that raised. The summary
 reads those files, so it works the same for every launcher (in-process, joblib,
-SLURM), whose jobs may run in other processes or on other machines.
+SLURM, Ray), whose jobs may run in other processes or on other machines.
+
+A sweep over cross-validation folds (`data.folds=K 'data.fold=range(K)'`) adds one row
+per configuration (the jobs that differ only in `data.fold`): the mean and standard
+deviation over its folds of the monitored metric and of each test metric.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import io
 import json
 import logging
 import math
+import re
 import shlex
+import statistics
 import sys
 import time
 import traceback
@@ -32,6 +38,8 @@ from src.trainer.signals import STOP_EXIT_CODES
 from src.utils.console import report_error, show
 from src.utils.errors import RunStopped, UserError, one_line
 from src.utils.io import atomic_write, atomic_write_json
+from src.utils.run_folder import LOCK_NAME, is_locked
+from src.utils.sweep_plots import write_plots
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +89,28 @@ def run_sweep_job(task: Callable[[], float], job_dir: Path, overrides: list[str]
     return math.nan
 
 
+# How a job ended without failing: it trained all its epochs, or Optuna's pruner
+# stopped it early (a search's decision, not an error). `running`: another sweep
+# process on the same study still holds its folder.
+FINISHED = ("completed", "pruned")
+NOT_FAILED = (*FINISHED, "running")
+
+
 def finished_job_metric(job_dir: Path) -> float | None:
     """The best metric of a job that already finished (for `sweep.resume`), else None."""
     path = job_dir / "metrics.json"
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return float(record["best_metric"]) if record.get("status") == "completed" else None
+    return float(record["best_metric"]) if record.get("status") in FINISHED else None
+
+
+def job_overrides(overrides: list[str]) -> list[str]:
+    """A job's overrides as the leaderboard shows them: without the one that gives an
+    Optuna trial its pruning callback (it names the study, not what the job trains)."""
+    from src.utils.optuna_search import is_pruning_override
+
+    return [override for override in overrides if not is_pruning_override(override)]
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -95,7 +118,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for job_dir in sorted(p.parent for p in sweep_dir.glob("*/.hydra")):
         path = job_dir / "metrics.json"
-        record = json.loads(path.read_text()) if path.is_file() else {"status": "interrupted"}
+        record = json.loads(path.read_text()) if path.is_file() else {"status": _unfinished(job_dir)}
         row: dict[str, Any] = {
             "job": job_dir.name.split("_", 1)[0],
             "status": record.get("status", "completed"),
@@ -103,6 +126,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "monitor": record.get("monitor", ""),
             "best": record.get("best_metric"),
             "best_epoch": record.get("best_epoch"),
+            "epochs": record.get("epochs_run"),
             "best_step": record.get("best_step"),
         }
         row.update(record.get("test", {}))
@@ -113,10 +137,11 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         rows.append(row)
 
     def order(row: dict[str, Any]) -> tuple[int, float]:
+        """Completed jobs best first, then pruned ones best first, then the rest."""
         best = row["best"]
-        if row["status"] != "completed" or best is None or math.isnan(best):
-            return (1, 0.0)
-        return (0, best if row["_mode"] == "min" else -best)
+        if row["status"] not in FINISHED or best is None or math.isnan(best):
+            return (2, 0.0)
+        return (FINISHED.index(row["status"]), best if row["_mode"] == "min" else -best)
 
     rows.sort(key=order)
     for row in rows:
@@ -124,20 +149,87 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_summary(sweep_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """summary.csv and summary.md in the sweep folder, best job first."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+# The override that picks a job's cross-validation fold (`data.fold=2`). The fold is a
+# small integer, so the override never holds a space.
+FOLD_OVERRIDE = re.compile(r"(?:^|\s)(?:\+\+)?data\.fold=\S+")
+
+
+def fold_rows(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """One row per configuration cross-validated over folds (jobs whose overrides differ
+    only in `data.fold`), best mean first: how many of its folds completed, and over
+    those the mean and the sample standard deviation of the monitored metric (`best`)
+    and of each test metric. Empty when no job sets `data.fold`."""
+    configurations: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if FOLD_OVERRIDE.search(row["overrides"]):
+            configurations.setdefault(FOLD_OVERRIDE.sub("", row["overrides"]).strip(), []).append(row)
+    summaries = []
+    for configuration, jobs in configurations.items():
+        done = [job for job in jobs if job["status"] == "completed"]
+        summary: dict[str, Any] = {"configuration": configuration, "folds": f"{len(done)}/{len(jobs)}", "monitor": jobs[0]["monitor"]}
+        for metric in ["best", *sorted({key for job in done for key in job if key.startswith("test/")})]:
+            values = [float(job[metric]) for job in done if job.get(metric) is not None]
+            summary[f"{metric} mean"] = statistics.fmean(values) if values else None
+            summary[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else None
+        summaries.append(summary)
+
+    def order(summary: dict[str, Any]) -> tuple[int, float]:
+        mean = summary["best mean"]
+        if mean is None or math.isnan(mean):
+            return (1, 0.0)
+        return (0, mean if mode == "min" else -mean)
+
+    return sorted(summaries, key=order)
+
+
+def _unfinished(job_dir: Path) -> str:
+    """A job without metrics.json: `running` while a process holds its lock (or is about
+    to: a job takes its lock right after Hydra creates its folder), else `interrupted`."""
+    return "running" if is_locked(job_dir) or not (job_dir / LOCK_NAME).exists() else "interrupted"
+
+
+def write_summary(sweep_dir: Path, rows: list[dict[str, Any]], folds: list[dict[str, Any]] | None = None, plots: list[Path] | None = None) -> None:
+    """summary.csv and summary.md in the sweep folder, best job first; with `folds`
+    (from `fold_rows`), summary_folds.csv and a section of summary.md, best mean first;
+    summary.md shows `plots`."""
+    _write_csv(sweep_dir / "summary.csv", rows)
+    text = f"# Sweep {sweep_dir}\n\n" + _markdown_table(rows)
+    if folds:
+        _write_csv(sweep_dir / "summary_folds.csv", folds)
+        text += "\n## Cross-validation: mean ± standard deviation over the folds\n\n" + _markdown_table([_mean_and_std(s) for s in folds])
+    if plots:
+        text += "\n## Plots\n\n" + "".join(f"![{path.stem}]({path.name})\n\n" for path in plots)
+    atomic_write(sweep_dir / "summary.md", lambda f: f.write(text.encode()))
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(sweep_dir / "summary.csv", lambda f: f.write(buffer.getvalue().encode()))
+    atomic_write(path, lambda f: f.write(buffer.getvalue().encode()))
 
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in columns) + " |")
-    text = f"# Sweep {sweep_dir}\n\n" + "\n".join(lines) + "\n"
-    atomic_write(sweep_dir / "summary.md", lambda f: f.write(text.encode()))
+    return "\n".join(lines) + "\n"
+
+
+def _mean_and_std(summary: dict[str, Any]) -> dict[str, Any]:
+    """A `fold_rows` row with each metric's mean and std in one cell: `0.9120 ± 0.0100`."""
+    shown = {}
+    for key, value in summary.items():
+        if key.endswith(" std"):
+            continue
+        if key.endswith(" mean"):
+            std = summary[key.removesuffix(" mean") + " std"]
+            value = f"{_cell(value)} ± {_cell(std)}" if value is not None and std is not None else value
+            key = key.removesuffix(" mean")
+        shown[key] = value
+    return shown
 
 
 def _cell(value: Any) -> str:
@@ -148,21 +240,33 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def fold_table(folds: list[dict[str, Any]]) -> Table:
+    """The printed cross-validation rows (`fold_rows`): mean ± std per metric."""
+    shown = [_mean_and_std(summary) for summary in folds]
+    table = Table(title="Cross-validation: mean ± std over the folds (best first)", title_justify="left")
+    for column in dict.fromkeys(key for row in shown for key in row):
+        table.add_column(column, justify="left" if column in ("configuration", "monitor") else "right")
+    for row in shown:
+        table.add_row(*(Text(_cell(value)) for value in row.values()))
+    return table
+
+
 def summary_table(sweep_dir: Path, rows: list[dict[str, Any]]) -> Table:
     shown = [c for c in dict.fromkeys(k for row in rows for k in row) if c not in ("run_dir", "error")]
     table = Table(title=f"Sweep {sweep_dir} (best first)", title_justify="left")
     for column in shown:
         table.add_column(column, justify="right" if column not in ("status", "overrides", "monitor") else "left")
     for row in rows:
-        style = "red" if row["status"] != "completed" else None
+        style = "red" if row["status"] not in NOT_FAILED else None
         # Text, not markup: rich would take `logger=[tensorboard,csv]` for a style tag and drop it.
         table.add_row(*(Text(_cell(row.get(c))) for c in shown), style=style)
     return table
 
 
 class SweepSummary(Callback):
-    """Hydra callback: when a --multirun ends, write summary.csv and summary.md, print
-    the leaderboard, and exit non-zero if any job failed."""
+    """Hydra callback: when a --multirun ends, write summary.csv, summary.md and the
+    plots (src/utils/sweep_plots.py), print the leaderboard, and exit non-zero if any
+    job failed (a pruned trial, or one another process still runs, has not)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -170,10 +274,13 @@ class SweepSummary(Callback):
         if not rows:
             log.warning(f"No job folders found in {sweep_dir}: no sweep summary written.")
             return
-        write_summary(sweep_dir, rows)
+        folds = fold_rows(rows, str(config.trainer.mode))
+        write_summary(sweep_dir, rows, folds, write_plots(sweep_dir, rows, str(config.trainer.monitor), str(config.trainer.mode)))
         show(summary_table(sweep_dir, rows))
-        log.info(f"Sweep summary: {sweep_dir / 'summary.csv'} and summary.md")
-        failed = [row for row in rows if row["status"] != "completed"]
+        if folds:
+            show(fold_table(folds))
+        log.info(f"Sweep summary: {sweep_dir / 'summary.csv'} and summary.md (with its plots)")
+        failed = [row for row in rows if row["status"] not in NOT_FAILED]
         for row in failed:
             report_error(f"job {row['job']} ({row['overrides']}) {row['status']}: {row['error'] or 'no metrics.json'}")
         if failed:

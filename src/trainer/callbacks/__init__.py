@@ -18,6 +18,10 @@ the weights stays the same on each); a callback that writes files checks
                                                 or a save there (every trainer.*_every_n_steps)
     on_fit_end(trainer)                         after the last epoch, before the test
 
+A callback ends training after the current epoch by setting `trainer.stop_requested` to
+the run's status in metrics.json (the Optuna pruning callback sets "pruned") in
+`on_validation_end`; that epoch's checkpoints are saved and best.pt is tested as usual.
+
 `state_dict()` and `load_state_dict(state)`, when defined, save the callback's state in
 the checkpoint under `callbacks.<name>`, so a resumed run continues it exactly.
 """

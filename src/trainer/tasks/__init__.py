@@ -43,9 +43,10 @@ def task_class(name: str) -> type[Task]:
     return TASKS[name]
 
 
-def get_task(data: DictConfig) -> Task:
-    """The task of a (validated) `data` config."""
-    return task_class(data.task)(data.num_outputs)
+def get_task(data: DictConfig, target_stats: dict[str, list[float]] | None = None) -> Task:
+    """The task of a (validated) `data` config; `target_stats`: the training split's
+    target statistics (a checkpoint's), for a task that trains on standardised targets."""
+    return task_class(data.task)(data.num_outputs, target_stats)
 
 
 __all__ = ["TASKS", "Extra", "Metrics", "Task", "get_task", "task_class"]

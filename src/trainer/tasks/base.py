@@ -26,7 +26,8 @@ CLASS_INDEX_LOSSES = ("torch.nn.CrossEntropyLoss", "torch.nn.NLLLoss", "src.trai
 
 class Extra(Protocol):
     """An evaluation result beyond the scalar metrics, such as a confusion matrix:
-    test.py writes it into its JSON record, prints it and logs it to the run's loggers."""
+    test.py (and train.py's test of best.pt) writes it into its JSON record, prints it
+    and logs it to the run's loggers."""
 
     def to_json(self) -> Any: ...
 
@@ -58,8 +59,9 @@ class Metrics(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
-    def extras(self) -> dict[str, Extra]:
-        """Evaluation extras by name (those asked for with `extras=True`)."""
+    def extras(self, class_names: list[str] | None = None) -> dict[str, Extra]:
+        """Evaluation extras by name (none for the training batches), after `compute`;
+        `class_names` label a classifier's classes (indices when None)."""
 
 
 class Task(ABC):
@@ -72,9 +74,15 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    # One class per sample and one output per class: a table's default data.num_outputs
+    # is data.num_classes, and its target column may hold class names.
+    one_output_per_class: ClassVar[bool] = False
 
-    def __init__(self, num_outputs: int) -> None:
+    def __init__(self, num_outputs: int, target_stats: dict[str, list[float]] | None = None) -> None:
         self.num_outputs = num_outputs
+        # The training split's per-column target mean and std, when the task trains on
+        # standardised targets (see `target_statistics`); None: targets as they are.
+        self.target_stats = target_stats
 
     @abstractmethod
     def metric_names(self, training: bool = False) -> list[str]:
@@ -88,12 +96,18 @@ class Task(ABC):
         """Raise a UserError for a loss (by `_target_`) that cannot take this task's targets."""
 
     @abstractmethod
-    def metrics(self, device: torch.device, *, training: bool = False, extras: bool = False) -> Metrics:
-        """Fresh metrics for one pass over a split; `extras`: also the evaluation extras."""
+    def metrics(self, device: torch.device, *, training: bool = False) -> Metrics:
+        """Fresh metrics for one pass over a split (`training`: the training batches)."""
 
     def loss(self, loss_fn: nn.Module) -> nn.Module:
         """`loss_fn`, wrapped if targets must be prepared for it (e.g. one-hot encoded)."""
         return loss_fn
+
+    @classmethod
+    def target_statistics(cls, targets: torch.Tensor) -> dict[str, list[float]] | None:
+        """The statistics to standardise the training targets with (data.standardize_target),
+        or None for a task whose targets are not standardised (class indices, 0/1 labels)."""
+        return None
 
     @classmethod
     def targets_from_table(cls, values: torch.Tensor, columns: list[str], path: str, num_classes: int | None) -> torch.Tensor:

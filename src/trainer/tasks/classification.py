@@ -15,18 +15,31 @@ if TYPE_CHECKING:
 
 
 class Classification(Task):
-    """Metrics: mean loss, accuracy and, when there are more than 5 classes, top-5
-    accuracy (left out for the training batches: it is the costliest sum per step).
-    Evaluation extra: the confusion matrix. Losses that compare each output with a
-    target of the same shape (mse, l1, huber, bce) get the class index one-hot encoded."""
+    """Metrics: mean loss, accuracy, when there are more than 5 classes top-5 accuracy,
+    and macro F1 (the mean of the classes' F1). Top-5 and macro F1 are left out for the
+    training batches: they cost the most per step, and an evaluation pass gives them.
+    Evaluation extras: each class's precision, recall and F1, and the confusion matrix.
+    Losses that compare each output with a target of the same shape (mse, l1, huber,
+    bce) get the class index one-hot encoded."""
 
     name = "classification"
+    one_output_per_class = True
 
     def metric_names(self, training: bool = False) -> list[str]:
-        return ["loss", "accuracy"] + (["top5"] if not training and self.num_outputs > 5 else [])
+        if training:
+            return ["loss", "accuracy"]
+        return ["loss", "accuracy"] + (["top5"] if self.num_outputs > 5 else []) + ["macro_f1"]
 
     def check_data(self, data: DictConfig) -> None:
         num_classes = data.get("num_classes")
+        if num_classes is None:
+            if data.get("root"):  # a folder's classes are counted from its class folders
+                raise UserError(
+                    f"data.num_classes is not set, and data={data.get('name')} could not count the classes from "
+                    f"data.root={data.root!r}, which is not a folder of class folders. Point data.root at a folder "
+                    f"of <class>/<image> folders, or give the number of classes as data.num_classes=N."
+                )
+            raise UserError(f"data.num_classes is not set: data={data.get('name')} needs the number of classes as data.num_classes=N.")
         if type(num_classes) is not int or num_classes < 2:
             raise UserError(f"Invalid value data.num_classes={num_classes!r}: expected an integer >= 2 (the number of classes).")
         if self.num_outputs != num_classes:
@@ -35,10 +48,11 @@ class Classification(Task):
                 f"has one output per class (set data.num_outputs=${{data.num_classes}})."
             )
 
-    def metrics(self, device: torch.device, *, training: bool = False, extras: bool = False) -> Metrics:
+    def metrics(self, device: torch.device, *, training: bool = False) -> Metrics:
         from src.trainer.metrics import ClassificationMetrics
 
-        return ClassificationMetrics(self.num_outputs, device, self.metric_names(training), confusion=extras and not training)
+        # Evaluation counts the confusion matrix that macro F1 and the extras come from.
+        return ClassificationMetrics(self.num_outputs, device, self.metric_names(training))
 
     def loss(self, loss_fn: nn.Module) -> nn.Module:
         from src.trainer.losses import ELEMENTWISE_LOSSES, PreparedTargets, one_hot

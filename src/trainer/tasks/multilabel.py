@@ -31,7 +31,7 @@ class Multilabel(Task):
     def check_loss(self, loss_target: str | None) -> None:
         check_not_class_index_loss(self.name, loss_target, "For 0/1 label columns add loss=bce (BCEWithLogitsLoss).")
 
-    def metrics(self, device: torch.device, *, training: bool = False, extras: bool = False) -> Metrics:
+    def metrics(self, device: torch.device, *, training: bool = False) -> Metrics:
         from src.trainer.metrics import MultilabelMetrics
 
         return MultilabelMetrics(self.num_outputs, device, self.metric_names(training))
