@@ -28,8 +28,11 @@ from src.data.builder import DataSplits, build_data
 from src.trainer import stops
 from src.trainer.callbacks import Callbacks
 from src.trainer.checkpoint import RunInfo, load_checkpoint, load_model_state
+from src.trainer.clock import total_steps
 from src.trainer.evaluation import evaluate
 from src.trainer.loggers import Hyperparameters, Loggers
+from src.trainer.records import best_record
+from src.trainer.schedulers import build_scheduler, check_schedule_length
 from src.trainer.trainer import Trainer
 from src.trainer.signals import StopRequest
 from src.trainer.resume import restore, resumed_config, vouched_targets
@@ -107,7 +110,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         cfg.data.batch_size = search_batch_size(model, loss_fn, optimizer, data, device, cfg)
         del data  # before loading it again in batches of the chosen size
         data = load_data()
-    scheduler = build("scheduler", cfg.scheduler, optimizer) if cfg.scheduler else None
+    run_steps = total_steps(cfg.trainer.epochs, cfg.trainer.max_steps, len(data.train), cfg.trainer.accumulate_grad_batches)
+    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, run_steps)
     show(model_summary(model, data.input_shape, device))
     ranks = distributed.rank_and_world_size()[1]
     ddp = f"; DDP over {ranks} processes, {cfg.data.batch_size} samples per process and batch" if distributed.is_distributed() else ""
@@ -138,10 +142,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         callbacks=callbacks,
         loggers=build_loggers(cfg.get("logger"), run_dir),
         resume_command=resume_command(HydraConfig.get()) if HydraConfig.get().mode == RunMode.MULTIRUN else None,
+        scheduler_interval=interval,
     )
     try:
         if state is not None:
             restore(trainer, state, Path(cfg.resume), cfg)
+            check_schedule_length(trainer.scheduler, run_steps)
         trainer.loggers.log_hyperparams(hyperparameters(cfg, run_info.choices), {}, trainer.step)
         trainer.fit()
         best_path = trainer.checkpoint_dir / "best.pt"
@@ -247,7 +253,7 @@ def _write_failure(trainer: Trainer, stop: RunStopped, run_dir: Path, seconds: f
 def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) -> dict[str, Any]:
     """What metrics.json holds: `outcome` (status, and test metrics or the error), then
     the run's record so far."""
-    best = next((r for r in trainer.history if r["epoch"] == trainer.best_epoch), None)
+    best = best_record(trainer.history, trainer.best_step, trainer.best_epoch)
     best_checkpoint = trainer.checkpoint_dir / "best.pt"
     return {
         **outcome,
@@ -255,7 +261,9 @@ def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) ->
         "mode": trainer.mode,
         "best_metric": trainer.best_metric,
         "best_epoch": trainer.best_epoch,
+        "best_step": trainer.best_step,
         "epochs_run": trainer.epoch,
+        "steps_run": trainer.step,
         "stopped_early": trainer.stopped_early,
         "best": best,
         "final": trainer.history[-1] if trainer.history else None,
@@ -268,25 +276,28 @@ def _results(trainer: Trainer, run_dir: Path, seconds: float, **outcome: Any) ->
 
 
 def _print_summary(trainer: Trainer, test: dict[str, float], extras: dict[str, Extra], run_dir: Path) -> None:
-    epochs = Table(title="Epochs", title_justify="left")
+    epochs = Table(title="Validations", title_justify="left")
     columns = [k for k in trainer.history[-1] if "/" in k]
-    for column in ["epoch", *columns, "lr", "time"]:
+    for column in ["epoch", "step", *columns, "lr", "time"]:
         epochs.add_column(column, justify="right")
+    best = best_record(trainer.history, trainer.best_step, trainer.best_epoch)
     for record in trainer.history:
-        mark = " *" if record["epoch"] == trainer.best_epoch else ""
+        mark = " *" if record is best else ""
         epochs.add_row(
             f"{record['epoch']}{mark}",
+            str(record.get("step", "")),
             *(f"{record[c]:.4f}" for c in columns),
             f"{record['lr']:.2e}",
             f"{record['seconds']:.1f}s",
         )
     show(epochs)
 
-    final, best = trainer.history[-1], next(r for r in trainer.history if r["epoch"] == trainer.best_epoch)
+    final = trainer.history[-1]
+    assert best is not None
     results = Table(title="Results", title_justify="left")
     results.add_column("metric")
     results.add_column(f"train (epoch {final['epoch']})", justify="right")
-    results.add_column(f"val (best, epoch {trainer.best_epoch})", justify="right")
+    results.add_column(f"val (best, epoch {trainer.best_epoch}, step {trainer.best_step})", justify="right")
     results.add_column("test (best.pt)", justify="right")
     # Every metric of any split (training leaves top-5 out; its cell shows "-").
     names = dict.fromkeys(key.split("/", 1)[1] for key in [*final, *best, *test] if "/" in key)
@@ -299,4 +310,4 @@ def _print_summary(trainer: Trainer, test: dict[str, float], extras: dict[str, E
     for extra in extras.values():
         show(extra.table())
     log.info(f"Run folder: {run_dir}")
-    log.info(f"Best checkpoint: {trainer.checkpoint_dir / 'best.pt'} ({trainer.monitor} {trainer.best_metric:.4f} at epoch {trainer.best_epoch})")
+    log.info(f"Best checkpoint: {trainer.checkpoint_dir / 'best.pt'} ({trainer.monitor} {trainer.best_metric:.4f} at epoch {trainer.best_epoch}, step {trainer.best_step})")

@@ -12,8 +12,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from conftest import FAST, REPO, run_cli, run_dirs
+from src.trainer.schedulers import build_scheduler
 from src.trainer.tasks import get_task
 from src.utils.config import register_resolvers
+from src.utils.errors import UserError
 
 CONFIGS = REPO / "configs"
 register_resolvers()  # as train.py does: the configs use them (a table's num_outputs)
@@ -64,8 +66,12 @@ def test_every_optimizer_and_scheduler_builds(optimizer: str, scheduler: str) ->
     assert isinstance(opt, torch.optim.Optimizer)
     if scheduler == "none":
         assert not cfg.scheduler
-    else:
-        sched = instantiate(cfg.scheduler)(opt)
+    elif scheduler == "onecycle" and optimizer == "adadelta":  # no momentum to cycle: the error says which value
+        with pytest.raises(UserError, match="cycle_momentum"):
+            build_scheduler(cfg.scheduler, opt, run_steps=1000)
+    else:  # as train.py builds it: a per-step schedule gets the run's steps (here 1000)
+        sched, interval = build_scheduler(cfg.scheduler, opt, run_steps=1000)
+        assert interval in ("step", "epoch")
         opt.step()
         sched.step(1.0) if scheduler == "plateau" else sched.step()
 

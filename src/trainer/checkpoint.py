@@ -96,6 +96,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "mode": (lambda v: v in ("min", "max"), "min or max"),
     "best_metric": (lambda v: v is None or _is_number(v), "a number, or None before the first epoch ends"),
     "best_epoch": (lambda v: v is None or _is_count(v), "an integer >= 0, or None before the first epoch ends"),
+    "best_step": (lambda v: v is None or _is_count(v), "an integer >= 0, or None before the first validation"),
     "early_stopping": (lambda v: isinstance(v, dict) and {"best", "wait"} <= v.keys(), "a dict with best and wait"),
     "rng": (lambda v: isinstance(v, dict), "a dict of RNG states"),
     "world_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
@@ -105,7 +106,7 @@ FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "target_stats": (lambda v: v is None or _is_stats(v), "None or a dict of mean and std lists"),
     "classes": (_is_names, "None or a list of class names"),
     "features": (_is_names, "None or a list of feature names"),
-    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_count(r.get("epoch")) for r in v), "a list of per-epoch records"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) and _is_count(r.get("epoch")) for r in v), "a list of per-validation records"),
 }
 
 
@@ -127,6 +128,7 @@ class TrainingState:
     mode: str
     best_metric: float | None
     best_epoch: int | None
+    best_step: int | None  # the step of the best validation (None in checkpoints older than steps in records)
     early_stopping: dict[str, Any]
     rng: dict[str, Any]
     world_size: int
@@ -157,6 +159,7 @@ class TrainingState:
             mode=trainer.mode,
             best_metric=trainer.best_metric,
             best_epoch=trainer.best_epoch,
+            best_step=trainer.best_step,
             early_stopping=trainer.early_stopping.state_dict(),
             rng=rng,
             world_size=trainer.world_size,

@@ -12,7 +12,8 @@ def is_better(value: float, best: float | None, mode: str, min_delta: float = 0.
 
 
 class EarlyStopping:
-    """Stop after `patience` epochs without an improvement of more than `min_delta`.
+    """Stop after `patience` validations (epoch ends, and every `val_every_n_steps`
+    steps) without an improvement of more than `min_delta`.
 
     `patience=0` disables it. The state is saved in checkpoints so that a resumed run
     stops at the same epoch as an uninterrupted one.
@@ -24,7 +25,7 @@ class EarlyStopping:
         self.wait = 0
 
     def update(self, value: float) -> bool:
-        """Record one epoch's monitored value; True when training should stop."""
+        """Record one validation's monitored value; True when training should stop."""
         if is_better(value, self.best, self.mode, self.min_delta):
             self.best, self.wait = value, 0
         else:
@@ -34,6 +35,10 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.patience > 0 and self.wait >= self.patience
+
+    def why(self, monitor: str) -> str:
+        """Why training stopped, in words (`monitor`: the metric's name)."""
+        return f"{monitor} has not improved by more than {self.min_delta} for {self.patience} validations"
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "wait": self.wait}

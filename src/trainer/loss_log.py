@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 
 from src.utils import distributed
@@ -22,6 +25,18 @@ class PendingLosses:
 
     def __bool__(self) -> bool:
         return bool(self.losses)
+
+    def mean(self, newest_batch: int, non_finite: Callable[[float, int], Exception]) -> float:
+        """Read the pending losses back at once (the newest is batch `newest_batch`'s):
+        raise `non_finite(value, batch)` for the first nan or inf, else their mean (nan
+        when none is pending)."""
+        if not self.losses:
+            return math.nan
+        values = self.read()
+        for i, value in enumerate(values):
+            if not math.isfinite(value):
+                raise non_finite(value, newest_batch - len(values) + 1 + i)
+        return sum(values) / len(values)
 
     def read(self) -> list[float]:
         """The losses added since the last read, oldest first; empties the list."""

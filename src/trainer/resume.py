@@ -109,22 +109,22 @@ def changed_optimizer_values(saved_yaml: str, cfg: DictConfig) -> dict[str, obje
 
 
 def restore_best(state: dict[str, Any], resumed_from: Path, checkpoint_dir: Path) -> None:
-    """Make the run's `best.pt` hold the epoch that the resumed `state` names as best.
+    """Make the run's `best.pt` hold the validation that the resumed `state` names as best.
 
     A kill between the renames of one save (best.pt, then last.pt) leaves best.pt one
     improvement ahead of last.pt; a copy of the run or a hand-deleted file can leave it
-    behind. The right weights are then in the resumed checkpoint itself (saved at the
-    end of its best epoch) or in that epoch's epoch_NNN.pt."""
+    behind. The right weights are then in the resumed checkpoint itself (saved at its
+    best validation) or in that epoch's epoch_NNN.pt."""
     best_epoch = state.get("best_epoch")
     best = checkpoint_dir / "best.pt"
-    if best_epoch is None or best == resumed_from or _holds_best(best, best_epoch, state["best_metric"]):
+    if best_epoch is None or best == resumed_from or _holds_best(best, state):
         return
     epoch_file = f"epoch_{best_epoch:03d}.pt"
     candidates = list(dict.fromkeys([checkpoint_dir / epoch_file, resumed_from.parent / epoch_file]))
-    if state["epoch"] == best_epoch and not state["batch_in_epoch"]:
+    if _is_best_of(state, state):
         candidates.insert(0, resumed_from)
     for source in candidates:
-        if source.is_file() and _holds_best(source, best_epoch, state["best_metric"]):
+        if source.is_file() and _holds_best(source, state):
             data = source.read_bytes()
             atomic_write(best, lambda f: f.write(data))
             log.warning(f"{best} did not hold the best epoch ({best_epoch}) that {resumed_from.name} names; restored it from {source.name}.")
@@ -135,8 +135,8 @@ def restore_best(state: dict[str, Any], resumed_from: Path, checkpoint_dir: Path
     )
 
 
-def _holds_best(path: Path, epoch: int, metric: float | None) -> bool:
-    """Whether `path` is the checkpoint saved at the end of `epoch` with best value `metric`."""
+def _holds_best(path: Path, state: dict[str, Any]) -> bool:
+    """Whether `path` is the checkpoint saved at the best validation that `state` names."""
     from src.trainer.checkpoint import load_checkpoint
 
     if not path.is_file():
@@ -145,7 +145,17 @@ def _holds_best(path: Path, epoch: int, metric: float | None) -> bool:
         saved = load_checkpoint(path)
     except UserError:
         return False
-    return saved["epoch"] == epoch and not saved.get("batch_in_epoch") and saved.get("best_metric") == metric
+    return _is_best_of(saved, state)
+
+
+def _is_best_of(saved: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Whether checkpoint `saved` was written at the best validation `state` names: at
+    its step (at the end of its epoch, for checkpoints older than `best_step`)."""
+    if saved.get("best_metric") != state["best_metric"]:
+        return False
+    if state.get("best_step") is not None:
+        return saved["step"] == state["best_step"]
+    return saved["epoch"] == state["best_epoch"] and not saved.get("batch_in_epoch")
 
 
 def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig) -> None:
@@ -174,7 +184,7 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig
     trainer.epoch, trainer.step = state["epoch"], state["step"]
     own = _own_rank_state(state, path, trainer.world_size)
     trainer.batch_in_epoch, trainer.partial_metrics = state["batch_in_epoch"], own["partial_epoch_metrics"]
-    trainer.best_metric, trainer.best_epoch = state["best_metric"], state["best_epoch"]
+    trainer.best_metric, trainer.best_epoch, trainer.best_step = state["best_metric"], state["best_epoch"], state.get("best_step")
     if state.get("grad_scaler") and trainer.scaler.is_enabled():
         trainer.scaler.load_state_dict(state["grad_scaler"])
     trainer.early_stopping.load_state_dict(state["early_stopping"])

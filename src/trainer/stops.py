@@ -49,7 +49,9 @@ def anomaly(reason: str, step: int, epoch: int, batch: int, checkpoints: str) ->
     return RunStopped(f"Anomaly detected at step {step} (epoch {epoch}, batch {batch}): {reason}. {checkpoints}", exit_code=1)
 
 
-def signal_received(name: str, signum: int, last: Path, where: str, step: int, resume_command: str) -> RunStopped:
+def signal_received(name: str, signum: int, last: Path, epoch: int, batch_in_epoch: int, step: int, resume_command: str) -> RunStopped:
+    """`epoch` epochs done, and `batch_in_epoch` batches of the next one."""
+    where = f"epoch {epoch + 1}, batch {batch_in_epoch}" if batch_in_epoch else f"the end of epoch {epoch}"
     return RunStopped(
         f"{name} received: saved {last} at {where} (step {step}). Resume with: {resume_command}",
         exit_code=128 + signum,

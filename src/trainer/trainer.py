@@ -8,9 +8,7 @@ callbacks (src/trainer/callbacks/), DDP's helpers (ddp.py), how the model is cal
 from __future__ import annotations
 
 import logging
-import math
 import signal
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from src.data.builder import DataSplits
 from src.trainer.callbacks import Callbacks
 from src.trainer import ddp, stops
 from src.trainer.checkpoint import CheckpointFolder, RunInfo, TrainingState
+from src.trainer.clock import Clock
 from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
@@ -30,6 +29,7 @@ from src.trainer.loss_log import PendingLosses
 from src.trainer.micro_batches import MicroBatches
 from src.trainer.loggers import Loggers
 from src.trainer.progress import NoProgress, make_progress
+from src.trainer.records import log_validation
 from src.trainer.signals import StopRequest
 from src.trainer.tasks import Task
 from src.utils import distributed
@@ -63,10 +63,10 @@ class Trainer:
         callbacks: Callbacks | None = None,
         loggers: Loggers | None = None,
         resume_command: str | None = None,
+        scheduler_interval: str = "epoch",
     ) -> None:
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
-        self.data, self.cfg, self.device = data, cfg, device
-        self.task = task
+        self.data, self.cfg, self.device, self.task = data, cfg, device, task
         self.run_info = run_info or RunInfo()
         self.callbacks = callbacks or Callbacks()
         self.monitor, self.mode = cfg.monitor, cfg.mode
@@ -93,6 +93,7 @@ class Trainer:
         self.resume_command = resume_command or f"{launch} train.py resume={self.checkpoint_dir / 'last.pt'}"
         self.checkpoints = CheckpointFolder(self.checkpoint_dir, cfg.save_every_n_epochs, cfg.keep_last_k, self.resume_command)
         self.loggers = loggers if loggers is not None else Loggers()
+        self.clock = Clock(cfg, scheduler, scheduler_interval)  # run length, what is due after a step, scheduler steps
 
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
@@ -100,6 +101,7 @@ class Trainer:
         self.partial_metrics: dict[str, Any] | None = None  # their metric sums
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
+        self.best_step: int | None = None
         self.history: list[dict[str, float]] = []
         self.early_stopping = EarlyStopping(cfg.mode, cfg.early_stopping.patience, cfg.early_stopping.min_delta)
         self.stopped_early = False
@@ -117,35 +119,26 @@ class Trainer:
         bar = make_progress(self.cfg.progress if self.rank_zero else "none")
         with self.stop, anomaly, bar as progress:
             self.callbacks.call("on_fit_start", self)
-            while self.epoch < self.cfg.epochs and not self.stopped_early and not self.stop_requested:
-                started, lr = time.perf_counter(), self.optimizer.param_groups[0]["lr"]
+            self.clock.lap()  # the first record's seconds count from here
+            while self.clock.running(self.epoch, self.step) and not self.stopped_early and not self.stop_requested:
                 self.callbacks.call("on_train_epoch_start", self)
                 metrics = self.train_epoch(progress)
+                if metrics is None:  # the run ended inside the epoch (max_steps, early stopping)
+                    break
                 self.callbacks.call("on_train_epoch_end", self, metrics)
-                self.callbacks.call("on_validation_start", self)
-                metrics.update(self.validate(progress=progress))
-                # Every decision below (best, scheduler, early stop) is rank 0's. The
-                # all-reduced sums agree on every rank already; the broadcast makes the
-                # agreement a guarantee rather than a property of the reduction.
-                metrics = distributed.broadcast(metrics)
-                self.callbacks.call("on_validation_end", self, metrics)
-                stops.check_validation_is_finite(metrics, ("val/loss", self.monitor), self.epoch + 1, self._on_disk)
-                self.epoch += 1
-                self._end_epoch(metrics, lr, time.perf_counter() - started)
+                self._validation_point(metrics, progress, epoch_end=True)
                 if self._signalled():
                     self._stop_for_signal()
             self.callbacks.call("on_fit_end", self)
         if self.distributed:
             ddp.check_ranks_agree(self.model)
         if self.stopped_early:
-            es = self.early_stopping
-            log.info(
-                f"Early stopping after epoch {self.epoch}: {self.monitor} has not improved by more than "
-                f"{es.min_delta} for {es.patience} epochs (best {self.best_metric:.4f} at epoch {self.best_epoch})."
-            )
+            why = self.early_stopping.why(self.monitor)
+            log.info(f"Early stopping after epoch {self.epoch}, step {self.step}: {why} (best {self.best_metric:.4f} at step {self.best_step}).")
 
-    def train_epoch(self, progress: NoProgress | None = None) -> dict[str, float]:
-        """One pass over the training batches (from `batch_in_epoch` when resuming)."""
+    def train_epoch(self, progress: NoProgress | None = None) -> dict[str, float] | None:
+        """One pass over the training batches (from `batch_in_epoch` when resuming): its
+        train/* metrics, or None when the run ends inside it (see `_inside_epoch`)."""
         progress = progress or NoProgress()
         self.model.train()
         metrics = self.task.metrics(self.device, training=True)
@@ -158,7 +151,7 @@ class Trainer:
         # Plain Python values: reading a DictConfig inside the loop costs microseconds per access.
         accumulate, num_batches = int(self.cfg.accumulate_grad_batches), len(batches)
         self.epoch_first_step = self.step - start // accumulate
-        progress.start(f"epoch {self.epoch + 1}/{self.cfg.epochs}", total=num_batches, completed=start, batch_size=batches.batch_size)
+        progress.start(self.clock.epoch_name(self.epoch + 1), total=num_batches, completed=start, batch_size=batches.batch_size)
         for batch, (inputs, targets) in enumerate(batches, start=start):
             steps = (batch + 1) % accumulate == 0 or batch + 1 == num_batches  # the accumulation window's last batch
             with ddp.gradient_sync(self.ddp, steps):  # forward and backward, in pieces once out of memory
@@ -171,11 +164,11 @@ class Trainer:
                 self._optimizer_step(last_of_epoch=batch + 1 == num_batches)
                 self._after_step(batch, inputs, progress)
             self.callbacks.call("on_train_batch_end", self, batch, loss)
-            if steps and batch + 1 < num_batches and self._signalled():
-                self._stop_mid_epoch(batch, metrics.state_dict())
+            if steps and batch + 1 < num_batches and self._inside_epoch(batch, metrics):
+                progress.stop()
+                return None
         progress.stop()
-        if self.losses:
-            self._read_losses(num_batches - 1)
+        self._read_losses(num_batches - 1)
         return {f"train/{k}": v for k, v in metrics.compute().items()}
 
     def _backward(self, loss: torch.Tensor, batch: int) -> None:
@@ -202,7 +195,8 @@ class Trainer:
         self.step += 1
 
     def _after_step(self, batch: int, inputs: torch.Tensor, progress: NoProgress) -> None:
-        """The first step's one-time logs, and the loss every `log_every_n_steps` steps."""
+        """The first step's one-time logs, the loss and the lr the step used every
+        `log_every_n_steps` steps; then a per-step scheduler steps."""
         if not self.first_step_logged:
             self.first_step_logged = True
             log.info(f"first optimizer step done; {len(self.data.train)} batches per epoch")  # type: ignore[arg-type]
@@ -211,6 +205,7 @@ class Trainer:
             value = self._read_losses(batch)  # the loop's only sync, every N steps
             self.loggers.log_metrics({"train/loss": value, "train/lr": self.optimizer.param_groups[0]["lr"]}, self.step)
             progress.show_loss(value)
+        self.clock.after_step()  # a per-step scheduler: after the step's lr was logged
 
     def validate(self, model: nn.Module | None = None, progress: NoProgress | None = None) -> dict[str, float]:
         """The val/* metrics of `model` (the run's own by default); {} without a validation split."""
@@ -224,64 +219,70 @@ class Trainer:
         progress.stop()
         return {f"val/{k}": v for k, v in metrics.compute().items()}
 
-    def _end_epoch(self, metrics: dict[str, float], lr: float, seconds: float) -> None:
-        """Scheduler, best checkpoint, early stopping, history, checkpoints and the epoch's log line."""
-        monitored = metrics[self.monitor]
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(monitored)
-        elif self.scheduler is not None:
-            self.scheduler.step()
+    def _validation_point(self, metrics: dict[str, float], progress: NoProgress, epoch_end: bool) -> None:
+        """Validate; then the scheduler, best checkpoint, early stopping, the history
+        record (of epoch `epoch`, at step `step`), checkpoints and the log line."""
+        self.callbacks.call("on_validation_start", self)
+        metrics.update(self.validate(progress=progress))
+        # Every decision below (best, scheduler, early stop) is rank 0's. The all-reduced
+        # sums agree on every rank already; the broadcast makes it a guarantee.
+        metrics = distributed.broadcast(metrics)
+        self.callbacks.call("on_validation_end", self, metrics)
+        epoch, monitored, lr = self.epoch + 1, metrics[self.monitor], self.optimizer.param_groups[0]["lr"]
+        stops.check_validation_is_finite(metrics, ("val/loss", self.monitor), epoch, self._on_disk)
+        if epoch_end:
+            self.epoch = epoch
+            self.clock.after_epoch()
+        self.clock.after_validation(monitored)
         improved = is_better(monitored, self.best_metric, self.mode)
         if improved:
-            self.best_metric, self.best_epoch = monitored, self.epoch
+            self.best_metric, self.best_epoch, self.best_step = monitored, epoch, self.step
         self.stopped_early = self.early_stopping.update(monitored)
-        self.history.append({"epoch": self.epoch, **metrics, "lr": lr, "seconds": seconds})
+        self.history.append({"epoch": epoch, "step": self.step, **metrics, "lr": lr, "seconds": self.clock.lap()})
         self._save_checkpoints(best=improved)
-        self._log_epoch(improved)  # after the save: the line means the epoch is on disk
+        log_validation(self.loggers, self.history[-1], self.clock.epoch_name(epoch), improved, epoch_end)  # after the save: the line means it is on disk
+
+    def _inside_epoch(self, batch: int, metrics: Any) -> bool:
+        """After a step inside an epoch (batch `batch`; the epoch's `metrics` so far): validate or
+        save when due, stop for a signal. True: the run ends here, and its last.pt is here."""
+        due, signalled = self.clock.due(self.step), self._signalled()
+        if not (due.validate or due.save or signalled):
+            return False
+        self._read_losses(batch)  # never checkpoint past a NaN
+        self.batch_in_epoch, self.partial_metrics = batch + 1, metrics.state_dict()
+        if due.validate:
+            self._validation_point({f"train/{k}": v for k, v in metrics.compute().items()}, NoProgress(), epoch_end=False)
+        else:
+            self._save_checkpoints(best=False)
+        if signalled:
+            self._stop_for_signal()
+        if due.last or self.stopped_early:
+            return True
+        self.batch_in_epoch, self.partial_metrics = 0, None
+        self.callbacks.call("on_train_continue", self)
+        return False
 
     def _signalled(self) -> bool:
         self.stopping = ddp.agreed_signal(self.stop, self.distributed)
         return self.stopping != 0
 
     def _read_losses(self, batch: int) -> float:
-        """Read the losses of the last batches (`batch` is the newest) back at once: stop
-        on the first non-finite one, else return their mean."""
-        values = self.losses.read()
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                bad = batch - len(values) + 1 + i
-                step = self.epoch_first_step + bad // int(self.cfg.accumulate_grad_batches) + 1
-                raise stops.non_finite_loss(value, step, self.epoch + 1, bad + 1, self._on_disk())
-        return sum(values) / len(values)
+        """The mean loss of the batches up to `batch`; a run stop at the first non-finite one."""
+        return self.losses.mean(batch, self._non_finite_loss)
+
+    def _non_finite_loss(self, value: float, bad: int) -> Exception:
+        step = self.epoch_first_step + bad // int(self.cfg.accumulate_grad_batches) + 1
+        return stops.non_finite_loss(value, step, self.epoch + 1, bad + 1, self._on_disk())
 
     def _on_disk(self) -> str:
         return stops.on_disk(self.checkpoint_dir, self.epoch, self.best_epoch)
 
-    def _stop_mid_epoch(self, batch: int, partial_metrics: dict[str, Any]) -> None:
-        """Save where this epoch stands (after batch `batch`), then stop for the signal."""
-        if self.losses:
-            self._read_losses(batch)  # never checkpoint past a NaN
-        self.batch_in_epoch, self.partial_metrics = batch + 1, partial_metrics
-        self._save_checkpoints(best=False)
-        self._stop_for_signal()
-
     def _stop_for_signal(self) -> None:
-        where = f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if self.batch_in_epoch else f"the end of epoch {self.epoch}"
         self.stop.pass_on()  # e.g. submitit requeues a preempted SLURM job (and exits)
-        name = signal.Signals(self.stopping).name
-        raise stops.signal_received(name, self.stopping, self.checkpoint_dir / "last.pt", where, self.step, self.resume_command)
+        name, last = signal.Signals(self.stopping).name, self.checkpoint_dir / "last.pt"
+        raise stops.signal_received(name, self.stopping, last, self.epoch, self.batch_in_epoch, self.step, self.resume_command)
 
     # ------------------------------------------------------------------ outputs
-    def _log_epoch(self, improved: bool) -> None:
-        record = self.history[-1]
-        metrics = {k: v for k, v in record.items() if "/" in k}
-        # Per-step train/loss already has its name; the epoch mean gets its own.
-        logged = {"train/epoch_loss" if name == "train/loss" else name: value for name, value in metrics.items()}
-        self.loggers.log_metrics({**logged, "epoch": self.epoch}, self.step)
-        text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        mark = "  * best" if improved else ""
-        log.info(f"epoch {self.epoch}/{self.cfg.epochs}  {text}  lr {record['lr']:.2e}  {record['seconds']:.1f}s{mark}")
-
     def _save_checkpoints(self, best: bool) -> None:
         # state_dict() on every rank: it gathers each rank's RNG state.
         self.checkpoints.save(self.state_dict(), self.epoch, best, mid_epoch=bool(self.batch_in_epoch))

@@ -21,6 +21,8 @@ PROGRESS_CHOICES = ("rich", "tqdm", "none")
 PRINT_CONFIG_CHOICES = ("short", "full")
 # trainer.precision -> the name of its autocast dtype in torch (None: plain float32).
 PRECISIONS = {"32": None, "16-mixed": "float16", "bf16-mixed": "bfloat16"}
+# When a scheduler steps (`scheduler.interval`): after every optimizer step, or every epoch.
+SCHEDULER_INTERVALS = ("step", "epoch")
 
 # The largest float32 (torch.finfo(torch.float32).max, written out: this module must not
 # import torch). Larger values, an lr of 1e300 or a CSV cell of 1e308, overflow to inf
@@ -48,7 +50,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     """Raise a UserError naming the first bad value in a composed training config."""
     _check(cfg, "seed", lambda v: _is_int(v, 0), "an integer >= 0")
     _check(cfg, "print_config", lambda v: v in PRINT_CONFIG_CHOICES, "one of " + ", ".join(PRINT_CONFIG_CHOICES))
-    _check(cfg, "trainer.epochs", lambda v: _is_int(v, 1), "a positive integer number of epochs")
+    _check_run_length(cfg)
     _check(cfg, "trainer.log_every_n_steps", lambda v: _is_int(v, 1), "a positive integer")
     _check(cfg, "trainer.gradient_clip_val", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0 disables clipping)")
     _check(cfg, "trainer.progress", lambda v: v in PROGRESS_CHOICES, "one of " + ", ".join(PROGRESS_CHOICES))
@@ -78,9 +80,49 @@ def validate_train_config(cfg: DictConfig) -> None:
         optional=True,
     )
     _check(cfg, "scheduler.step_size", lambda v: _is_int(v, 1), "a positive integer number of epochs", optional=True)
+    _check_scheduler(cfg)
     get_task(cfg.data).check_loss(OmegaConf.select(cfg, "loss._target_", default=None))
     _check_monitor(cfg)
     check_loggers(cfg)
+
+
+def _check_run_length(cfg: DictConfig) -> None:
+    """Epochs, steps, or both; validation and saves every N steps."""
+    _check(cfg, "trainer.epochs", lambda v: _is_int(v, 1), "a positive integer number of epochs, or null with trainer.max_steps", optional=True)
+    _check(cfg, "trainer.max_steps", lambda v: _is_int(v, 1), "a positive integer number of optimizer steps, or null", optional=True)
+    if cfg.trainer.epochs is None and cfg.trainer.get("max_steps") is None:
+        raise UserError(
+            "trainer.epochs=null needs trainer.max_steps=N: a run must end. Give trainer.epochs, trainer.max_steps "
+            "or both (whichever comes first ends the run)."
+        )
+    for key in ("val_every_n_steps", "save_every_n_steps"):
+        _check(cfg, f"trainer.{key}", lambda v: _is_int(v, 1), "a positive integer number of optimizer steps, or null (epoch ends only)", optional=True)
+    every = cfg.trainer.get("val_every_n_steps")
+    if every is not None and not cfg.data.val_split > 0:
+        raise UserError(
+            f"trainer.val_every_n_steps={every} needs validation data, and data.val_split={cfg.data.val_split!r} leaves "
+            f"none. Set data.val_split (e.g. 0.1), or drop trainer.val_every_n_steps."
+        )
+
+
+def _check_scheduler(cfg: DictConfig) -> None:
+    """When the scheduler steps, and what a run that only counts steps can use."""
+    scheduler = cfg.get("scheduler")
+    if not scheduler:
+        return
+    _check(cfg, "scheduler.interval", lambda v: v in SCHEDULER_INTERVALS, "one of " + ", ".join(SCHEDULER_INTERVALS), optional=True)
+    _check(cfg, "scheduler.warmup_steps", lambda v: _is_int(v, 0), "an integer >= 0", optional=True)
+    target = str(scheduler.get("_target_", ""))
+    if target.endswith("ReduceLROnPlateau") and scheduler.get("interval") == "step":
+        raise UserError(
+            "scheduler.interval=step does not fit ReduceLROnPlateau: it steps on the monitored value after every "
+            "validation (epoch ends, and every trainer.val_every_n_steps). Drop scheduler.interval."
+        )
+    if "T_max" in scheduler and OmegaConf.select(cfg, "scheduler.T_max") is None:
+        raise UserError(
+            "scheduler.T_max=null: scheduler=cosine counts epochs (T_max: ${trainer.epochs}), and trainer.epochs is "
+            "null. Use scheduler=warmup_cosine, which counts the run's optimizer steps, or set scheduler.T_max."
+        )
 
 
 def validate_data_config(cfg: DictConfig) -> None:

@@ -114,11 +114,12 @@ def make_sampler(name: str, seed: int | None) -> Any:
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def make_pruner(name: str, epochs: int, startup_trials: int, percentile: float) -> Any:
+def make_pruner(name: str, epochs: int | None, startup_trials: int, percentile: float) -> Any:
     """Median: stop a trial whose metric after an epoch is worse than the median of the
     finished trials' at that epoch, once `startup_trials` trials have finished.
     Percentile: the same, keeping only trials in the best `percentile` percent.
-    Hyperband: successive halving over 1 to `epochs` epochs. None: never stop a trial."""
+    Hyperband: successive halving over 1 to `epochs` epochs (learned from the first
+    trials when a run is bounded by steps instead: `epochs` None). None: never stop a trial."""
     import optuna
 
     if name == "median":
@@ -126,7 +127,7 @@ def make_pruner(name: str, epochs: int, startup_trials: int, percentile: float) 
     if name == "percentile":
         return optuna.pruners.PercentilePruner(percentile, n_startup_trials=startup_trials)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1))
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1) if epochs else "auto")
     return optuna.pruners.NopPruner()
 
 

@@ -127,6 +127,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "best": record.get("best_metric"),
             "best_epoch": record.get("best_epoch"),
             "epochs": record.get("epochs_run"),
+            "best_step": record.get("best_step"),
         }
         row.update(record.get("test", {}))
         row["wall_seconds"] = round(record["wall_seconds"], 1) if "wall_seconds" in record else None

@@ -11,12 +11,18 @@ the weights stays the same on each); a callback that writes files checks
     on_train_batch_end(trainer, batch_index, loss)   after each training batch; `loss` is its detached
                                                      loss tensor (reading it waits for the device)
     on_train_epoch_end(trainer, metrics)        once per epoch: the epoch's train/* metrics
-    on_validation_start(trainer)                once per epoch
-    on_validation_end(trainer, metrics)         once per epoch: its train/* and val/* metrics
+    on_validation_start(trainer)                once per validation: at an epoch's end, and every
+                                                trainer.val_every_n_steps
+    on_validation_end(trainer, metrics)         once per validation: the train/* (the epoch so far) and
+                                                val/* metrics
     on_checkpoint(trainer, state)               once per save: at the end of each epoch (last.pt, and
-                                                best.pt or epoch_NNN.pt when due, hold that one state) and
-                                                when a signal stops the run mid-epoch; `state` is what is
-                                                about to be written (the callback may add to it)
+                                                best.pt or epoch_NNN.pt when due, hold that one state),
+                                                every trainer.save_every_n_steps (or at a validation
+                                                inside an epoch), and when a signal stops the run
+                                                mid-epoch; `state` is what is about to be written (the
+                                                callback may add to it)
+    on_train_continue(trainer)                  training goes on inside the epoch after a validation
+                                                or a save there (every trainer.*_every_n_steps)
     on_fit_end(trainer)                         once, after the last epoch, before the test (not after a signal)
 
 A callback ends training after the current epoch by setting `trainer.stop_requested` to
@@ -45,6 +51,7 @@ HOOKS = (
     "on_validation_start",
     "on_validation_end",
     "on_checkpoint",
+    "on_train_continue",
     "on_fit_end",
 )
 
@@ -59,6 +66,7 @@ class Callback:
     def on_validation_start(self, trainer: Any) -> None: ...
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None: ...
     def on_checkpoint(self, trainer: Any, state: dict[str, Any]) -> None: ...
+    def on_train_continue(self, trainer: Any) -> None: ...
     def on_fit_end(self, trainer: Any) -> None: ...
 
 

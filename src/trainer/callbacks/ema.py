@@ -40,6 +40,8 @@ class EMA(Callback):
             _copy_into(trainer.model, self.raw)
             self.raw = None
 
+    on_train_continue = on_train_epoch_start  # after a validation inside an epoch
+
     @torch.no_grad()
     def on_train_batch_end(self, trainer: Any, batch_index: int, loss: Any) -> None:
         if trainer.step == self.updated_at_step:  # inside an accumulation window: no step yet

@@ -34,7 +34,7 @@ class OptunaPruning(Callback):
         from src.utils.optuna_search import make_pruner, open_storage
 
         storage = open_storage(self.storage)
-        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=make_pruner(self.pruner, int(trainer.cfg.epochs), self.startup_trials, self.percentile))
+        study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=make_pruner(self.pruner, trainer.cfg.epochs, self.startup_trials, self.percentile))
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study_name), self.number)
         if storage.get_trial(trial_id).state.is_finished():  # e.g. a finished trial's checkpoint resumed by hand
             log.warning(f"Optuna trial {self.number} of study {self.study_name!r} is already finished: its epochs are not reported.")
@@ -42,11 +42,12 @@ class OptunaPruning(Callback):
         self.trial = optuna.trial.Trial(study, trial_id)
 
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if self.trial is None:
+        if self.trial is None or trainer.batch_in_epoch:  # trials report per epoch, not every val_every_n_steps
             return
         epoch = trainer.epoch + 1  # the epoch that just ended
         self.trial.report(metrics[trainer.monitor], step=epoch)
         # A trial at its last epoch completes: there is nothing left to save by stopping it.
-        if epoch < int(trainer.cfg.epochs) and self.trial.should_prune():
+        last = trainer.cfg.epochs is not None and epoch >= int(trainer.cfg.epochs)
+        if not last and self.trial.should_prune():
             log.info(f"Optuna trial {self.number} pruned after epoch {epoch}: its {trainer.monitor} is behind the other trials'.")
             trainer.stop_requested = "pruned"
