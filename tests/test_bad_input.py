@@ -20,7 +20,7 @@ from src.utils.errors import UserError
         ("data.batch_size=0", "data.batch_size=0"),
         ("optimizer.lr=abc", "optimizer.lr='abc'"),
         ("trainer.monitor=val/acc", "val/accuracy"),
-        ("data.task=ranking", "data.task='ranking': expected one of classification, regression, multilabel"),
+        ("data.task=ranking", "Invalid value data.task='ranking'"),
         ("trainer.progress=fancy", "rich, tqdm, none"),
         ("data.val_split=1.5", "a fraction in [0, 1)"),
         ("optimizer.lr=1e300", "optimizer.lr=1e+300"),
