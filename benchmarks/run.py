@@ -21,9 +21,13 @@ Sections (each printed as rows of one table and written to the JSON file):
   trainer.compile=true, each over the default (precision 32, no compile).
 - startup: `train.py --help`, and process start to the first optimizer step of
   `train.py model=cnn` and of benchmarks/minimal_mnist.py (median of `--runs`).
-- process: whole-process wall seconds of a 1-epoch `train.py` run vs
+- process: whole-process wall and CPU seconds of a 1-epoch `train.py` run vs
   benchmarks/minimal_mnist.py doing the same work (load MNIST, train, validate,
-  test, save), with both test accuracies.
+  test, save), with both test accuracies, for each of `--process-models`.
+
+On a CPU that other jobs share, run it with OMP_WAIT_POLICY=PASSIVE as well as
+without: torch's OpenMP threads otherwise spin between parallel regions, and a run's
+time then depends more on the other jobs than on the code (see the README's Speed).
 --quick runs overhead, data and startup with fewer rounds.
 """
 
@@ -323,6 +327,7 @@ def startup(data_root: Path, runs: int) -> dict[str, Any]:
 def whole_process(data_root: Path, model: str, runs: int) -> dict[str, Any]:
     """Wall seconds of a whole 1-epoch train.py run vs the minimal script, alternating."""
     walls: dict[str, list[float]] = {"train.py": [], "minimal": []}
+    cpus: dict[str, list[float]] = {"train.py": [], "minimal": []}
     accuracy: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         commands = {"train.py": train_command(model, data_root, "trainer.epochs=1"), "minimal": minimal_command(model, data_root)}
@@ -330,6 +335,7 @@ def whole_process(data_root: Path, model: str, runs: int) -> dict[str, Any]:
             for name in list(commands) if i % 2 == 0 else list(commands)[::-1]:
                 run = run_process(commands[name], Path(tmp))
                 walls[name].append(run["wall"])
+                cpus[name].append(run["cpu"])
                 if name == "minimal":
                     accuracy[name] = float(re.search(r"test accuracy ([0-9.]+)", run["output"]).group(1))  # type: ignore[union-attr]
         (metrics,) = sorted(Path(tmp).glob("saved/runs/*/*/metrics.json"), key=lambda p: p.stat().st_mtime)[-1:]
@@ -337,6 +343,7 @@ def whole_process(data_root: Path, model: str, runs: int) -> dict[str, Any]:
     return {
         "model": model,
         "wall_seconds": {name: spread(w) for name, w in walls.items()},
+        "cpu_seconds": {name: spread(c) for name, c in cpus.items()},
         "train_over_minimal": spread([t / m for t, m in zip(walls["train.py"], walls["minimal"])]),
         "test_accuracy": accuracy,
     }
@@ -350,6 +357,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="alternating rounds per comparison (default 5 quick, 9 otherwise)")
     parser.add_argument("--round-seconds", type=float, default=2.0, help="the least work in one round, in seconds")
     parser.add_argument("--runs", type=int, default=None, help="processes per side in startup and process (default 3 quick, 5 otherwise)")
+    parser.add_argument("--process-models", nargs="+", choices=list(MODELS), default=["cnn"], help="the models of the process section (default: cnn)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--data-root", type=Path, default=REPO / "data", help="folder holding MNIST/raw/ (default: the bundled copy)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -365,7 +373,16 @@ def main() -> None:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
     images, targets = load_images(data_root)
-    out: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "rounds": rounds, "round_seconds": seconds}
+    out: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        # How idle OpenMP threads wait (spinning unless set): on a CPU that other jobs
+        # share, spinning threads take turns from the busy ones (see the README's Speed).
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "rounds": rounds,
+        "round_seconds": seconds,
+    }
     rows: list[tuple[str, str, str]] = []
 
     def add(row: tuple[str, str, str]) -> None:
@@ -397,13 +414,14 @@ def main() -> None:
         for name, value in result["first_step_seconds"].items():
             cpu = result["first_step_cpu_seconds"][name]["median"]
             add(("startup", f"start to first optimizer step, cnn: {name}", f"{shown(value, 2)} s (cpu {cpu:.2f} s)"))
-    if "process" in sections:
-        result = out["process"] = whole_process(data_root, "cnn", runs)
+    for model in args.process_models if "process" in sections else []:
+        result = out[f"process_{model}"] = whole_process(data_root, model, runs)
         for name, value in result["wall_seconds"].items():
-            add(("process", f"1-epoch cnn run, wall seconds: {name} (test acc.)", f"{shown(value, 1)} ({result['test_accuracy'][name]:.4f})"))
-        add(("process", "train.py / minimal script, wall", shown(result["train_over_minimal"])))
+            cpu = result["cpu_seconds"][name]["median"]
+            add(("process", f"1-epoch {model} run, wall seconds: {name} (cpu; test acc.)", f"{shown(value, 1)} ({cpu:.1f}; {result['test_accuracy'][name]:.4f})"))
+        add(("process", f"{model}: train.py / minimal script, wall", shown(result["train_over_minimal"])))
 
-    title = f"Benchmark on {device}, {out['threads']} threads ({rounds} rounds of >= {seconds:g} s; median (min-max))"
+    title = f"Benchmark on {device}, {out['threads']} threads, OMP_WAIT_POLICY {out['omp_wait_policy']} ({rounds} rounds of >= {seconds:g} s; median (min-max))"
     table = Table(title=title, title_justify="left")
     for column in ("section", "measure", "value"):
         table.add_column(column, justify="right" if column == "value" else "left")
