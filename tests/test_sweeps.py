@@ -279,3 +279,19 @@ def test_a_sweep_without_matplotlib_says_so_in_one_line(tmp_path: Path, monkeypa
     with caplog.at_level("INFO"):
         assert write_plots(tmp_path, rows, "val/loss", "min") == []
     assert "matplotlib is not installed" in caplog.text and list(tmp_path.iterdir()) == []
+
+
+def test_a_trials_pruning_callback_rebuilt_from_a_checkpoint_never_creates_a_database(tmp_path: Path, caplog) -> None:
+    """A resume by hand rebuilds a trial's callback from the checkpoint's stored config:
+    a storage it names that does not exist is reported, never created."""
+    from types import SimpleNamespace
+
+    from src.trainer.callbacks.optuna_pruning import OptunaPruning
+
+    planted = tmp_path / "elsewhere" / "planted.db"
+    planted.parent.mkdir()
+    callback = OptunaPruning(storage=f"sqlite:///{planted}", study="mnist_optuna", trial=0)
+    with caplog.at_level("WARNING"):
+        callback.on_fit_start(SimpleNamespace(cfg=SimpleNamespace(epochs=3)))
+    assert callback.trial is None and "does not exist" in caplog.text
+    assert not planted.exists()

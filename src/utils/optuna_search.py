@@ -106,6 +106,12 @@ def open_storage(url: str) -> Any:
     return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` storage URL; None for other storages."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) else None
+
+
 def make_sampler(name: str, seed: int | None) -> Any:
     import optuna
 

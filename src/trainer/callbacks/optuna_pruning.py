@@ -1,9 +1,11 @@
 """Report each epoch of an Optuna trial to its study, and stop the trial when the pruner says so.
 
 The Optuna sweeper (hparams_search=...) gives every job this callback through an
-override naming the study's storage, the study and the job's trial number; nothing
-here is read from a checkpoint. (Sweeps never run under torchrun: one process reports.) A pruned trial ends after the epoch it was judged on,
-with that epoch's checkpoints saved: its metrics.json says `status: pruned`.
+override naming the study's storage, the study and the job's trial number. A resume
+by hand rebuilds it from the checkpoint's stored config, so it only ever joins a study
+that exists: it never creates a database file where a checkpoint says. (Sweeps never
+run under torchrun: one process reports.) A pruned trial ends after the epoch it was
+judged on, with that epoch's checkpoints saved: its metrics.json says `status: pruned`.
 """
 
 from __future__ import annotations
@@ -31,9 +33,16 @@ class OptunaPruning(Callback):
     def on_fit_start(self, trainer: Any) -> None:
         import optuna
 
-        from src.utils.optuna_search import make_pruner, open_storage
+        from src.utils.optuna_search import make_pruner, open_storage, sqlite_path
 
+        database = sqlite_path(self.storage)
+        if database is not None and not database.is_file():
+            log.warning(f"Optuna trial {self.number}: its study's database {str(database)!r} does not exist: its epochs are not reported.")
+            return
         storage = open_storage(self.storage)
+        if self.study_name not in optuna.get_all_study_names(storage):
+            log.warning(f"Optuna trial {self.number}: study {self.study_name!r} is not in its storage: its epochs are not reported.")
+            return
         study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=make_pruner(self.pruner, trainer.cfg.epochs, self.startup_trials, self.percentile))
         trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(self.study_name), self.number)
         if storage.get_trial(trial_id).state.is_finished():  # e.g. a finished trial's checkpoint resumed by hand
