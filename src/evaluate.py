@@ -22,7 +22,7 @@ from src.data.builder import build_data
 from src.train import build_loggers
 from src.trainer.checkpoint import load_checkpoint, load_model_state
 from src.trainer.evaluation import evaluate
-from src.trainer.forward import ForwardPass, use_channels_last
+from src.trainer.forward import ForwardPass
 from src.trainer.stored_config import without_downloads
 from src.trainer.tasks import Extra, get_task
 from src.utils.build import build
@@ -63,9 +63,7 @@ def _evaluate(cfg: DictConfig, run_dir: Path, data_chosen: bool) -> dict[str, An
     task = get_task(data_cfg, state.get("target_stats"))
     loss_fn = task.loss(instantiate(trained.loss))
 
-    precision = str(trained.trainer.get("precision", "32"))
-    channels_last = use_channels_last(model, trained.trainer.get("channels_last", False), data.input_shape, device, precision)
-    forward = ForwardPass(model, loss_fn, device, channels_last, precision)
+    forward = ForwardPass.of_run(model, loss_fn, trained.trainer, data.input_shape, device)
     metrics = evaluate(forward, batches, task.metrics(device))
     values = {f"{cfg.split}/{k}": v for k, v in metrics.compute().items()}
     extras = metrics.extras(data.classes or state.get("classes"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -111,6 +112,16 @@ class ForwardPass:
     device: torch.device
     channels_last: bool = False
     precision: str = "32"
+
+    @classmethod
+    def of_run(
+        cls, model: nn.Module, loss_fn: nn.Module, trainer: Any, input_shape: Sequence[int], device: torch.device
+    ) -> ForwardPass:
+        """The pass a run's `trainer` settings ask for (its precision, and channels-last as
+        `use_channels_last` decides it, which also puts `model` in that format)."""
+        precision = str(trainer.get("precision", "32"))
+        channels_last = use_channels_last(model, trainer.get("channels_last", False), input_shape, device, precision)
+        return cls(model, loss_fn, device, channels_last, precision)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, loss) of one batch."""

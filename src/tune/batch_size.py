@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from src.data.builder import DataSplits
-from src.trainer.forward import ForwardPass, use_channels_last
+from src.trainer.forward import ForwardPass
 from src.tune.put_back import put_back
 from src.utils import distributed
 from src.utils.errors import UserError, one_line
@@ -55,9 +55,7 @@ def search_batch_size(
     docstring); `data` was built with batches of the search's cap, `cfg` is the run's
     config. Under torchrun every rank searches and all take the smallest answer."""
     settings = cfg.trainer.batch_size_search
-    precision = str(cfg.trainer.precision)
-    channels_last = use_channels_last(model, cfg.trainer.channels_last, data.input_shape, device, precision)
-    forward = ForwardPass(model, loss_fn, device, channels_last, precision)
+    forward = ForwardPass.of_run(model, loss_fn, cfg.trainer, data.input_shape, device)
     assert data.train is not None
     data.train.set_epoch(0)
     inputs, targets = next(iter(data.train))  # the run's own first batch, at the cap's size

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from src.data.builder import Batches, DataSplits
-from src.trainer.forward import ForwardPass, use_channels_last
+from src.trainer.forward import ForwardPass
 from src.tune.put_back import put_back
 from src.utils import distributed
 from src.utils.errors import UserError
@@ -108,9 +108,7 @@ class LRFinder:
             )
         figure = _figure_class()  # before the test: a missing matplotlib should not cost a run
         trainer = cfg.trainer
-        precision = str(trainer.precision)
-        channels_last = use_channels_last(model, trainer.channels_last, data.input_shape, device, precision)
-        forward = ForwardPass(model, loss_fn, device, channels_last, precision)
+        forward = ForwardPass.of_run(model, loss_fn, trainer, data.input_shape, device)
         assert data.train is not None
         curve = self.range_test(forward, optimizer, data.train, int(trainer.accumulate_grad_batches), float(trainer.gradient_clip_val))
         atomic_write_json(run_dir / REPORT_JSON, {"settings": asdict(self), "rule": "steepest descent of the smoothed loss", **asdict(curve)})
