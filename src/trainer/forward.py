@@ -113,6 +113,11 @@ class ForwardPass:
     channels_last: bool = False
     precision: str = "32"
 
+    def __post_init__(self) -> None:
+        # Called every step: the context is built once (torch.autocast may be entered
+        # again once exited), and plain float32 enters none at all.
+        self._autocast = autocast(self.device, self.precision) if PRECISIONS[self.precision] is not None else None
+
     @classmethod
     def of_run(
         cls, model: nn.Module, loss_fn: nn.Module, trainer: Any, input_shape: Sequence[int], device: torch.device
@@ -125,6 +130,11 @@ class ForwardPass:
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, loss) of one batch."""
-        with autocast(self.device, self.precision):
-            outputs = self.model(to_memory_format(inputs, self.channels_last))
+        if self.channels_last:
+            inputs = to_memory_format(inputs, True)
+        if self._autocast is None:
+            outputs = self.model(inputs)
+            return outputs, self.loss_fn(outputs, targets)
+        with self._autocast:
+            outputs = self.model(inputs)
             return outputs, self.loss_fn(outputs, targets)
