@@ -34,8 +34,9 @@ class MicroBatches:
     change any gradient.
 
     `backward(loss, batch)` is the trainer's own (gradient scaling, anomaly reports).
-    `enabled=False` (under torchrun, where the ranks' gradient syncs must stay in step)
-    leaves an out-of-memory error to stop the run, as without this class.
+    `enabled=False` leaves an out-of-memory error to stop the run, as without this
+    class: the trainer's choice under torchrun (where the ranks' gradient syncs must
+    stay in step) and on the CPU (see `recovers_on`).
     """
 
     def __init__(
@@ -55,14 +56,14 @@ class MicroBatches:
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor, first_of_window: bool, accumulate: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(outputs, loss) of batch number `batch`, its gradient (divided by `accumulate`)
         added to the parameters' `.grad`; `first_of_window`: the gradients are cleared first."""
-        if not self.enabled:
-            return self._run(inputs, targets, first_of_window, accumulate, batch)
-        rng = self.get_rng()
+        rng = self.get_rng() if self.enabled else None
         while True:
             self.summing = False
             try:
                 return self._run(inputs, targets, first_of_window, accumulate, batch)
             except torch.OutOfMemoryError as err:
+                if rng is None:
+                    raise
                 reason = one_line(err, limit=160)
             # Out of the except block: the error's traceback, and the activations it
             # holds on to, are gone.
@@ -131,10 +132,19 @@ class MicroBatches:
         )
 
 
+def recovers_on(device: torch.device) -> bool:
+    """Whether training on `device` can run out of memory as a `torch.OutOfMemoryError`,
+    the error recovery catches. The CPU's allocator raises a plain RuntimeError instead
+    (and on Linux the kernel's out-of-memory killer usually strikes first), so there
+    recovery would never run, while it reads the random number generator's state before
+    every batch, one of the few costs a step has over a hand-written loop."""
+    return device.type != "cpu"
+
+
 def _rng_of(device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[[torch.Tensor], None]]:
     """How to read and set the random number generator that dropout on `device` draws from."""
     if device.type == "cuda":
         return (lambda: torch.cuda.get_rng_state(device)), (lambda state: torch.cuda.set_rng_state(state, device))
     if device.type == "mps":
         return torch.mps.get_rng_state, torch.mps.set_rng_state
-    return torch.get_rng_state, torch.set_rng_state
+    return torch.default_generator.get_state, torch.default_generator.set_state  # torch.get_rng_state, called directly

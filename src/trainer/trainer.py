@@ -26,7 +26,7 @@ from src.trainer.early_stopping import EarlyStopping, is_better
 from src.trainer.evaluation import evaluate
 from src.trainer.forward import ForwardPass, use_channels_last
 from src.trainer.loss_log import PendingLosses
-from src.trainer.micro_batches import MicroBatches
+from src.trainer.micro_batches import MicroBatches, recovers_on
 from src.trainer.loggers import Loggers
 from src.trainer.progress import NoProgress, make_progress
 from src.trainer.records import log_validation
@@ -76,6 +76,7 @@ class Trainer:
         channels_last = use_channels_last(model, cfg.channels_last, data.input_shape, device, self.precision)
         # Loss scaling is only needed for float16; disabled, the scaler is a no-op.
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "16-mixed")
+        self.scaling = self.scaler.is_enabled()
         # DDP (torchrun: averaged gradients) and torch.compile wrap training only: evaluation
         # uses the bare model, as compiling its no-grad eval-mode graph would be a second
         # compilation. Checkpoints come from `model` (no `module.`/`_orig_mod.` prefix).
@@ -84,7 +85,7 @@ class Trainer:
         trained = torch.compile(self.ddp or model) if cfg.compile else (self.ddp or model)
         self.train_forward = ForwardPass(trained, loss_fn, device, channels_last, self.precision)
         self.eval_forward = ForwardPass(model, loss_fn, device, channels_last, self.precision)
-        self.micro_batches = MicroBatches(self.train_forward, optimizer, self._backward, device, enabled=not self.distributed)
+        self.micro_batches = MicroBatches(self.train_forward, optimizer, self._backward, device, enabled=not self.distributed and recovers_on(device))
         self.rank_zero = distributed.is_rank_zero()
         self.world_size = distributed.rank_and_world_size()[1]
         self.run_dir, self.checkpoint_dir = run_dir, run_dir / "checkpoints"
@@ -173,19 +174,18 @@ class Trainer:
 
     def _backward(self, loss: torch.Tensor, batch: int) -> None:
         try:
-            (self.scaler.scale(loss) if self.scaler.is_enabled() else loss).backward()
+            (self.scaler.scale(loss) if self.scaling else loss).backward()
         except RuntimeError as err:
             if not self.cfg.detect_anomaly or isinstance(err, torch.OutOfMemoryError):
                 raise
             raise stops.anomaly(one_line(err), self.step + 1, self.epoch + 1, batch + 1, self._on_disk()) from err
 
     def _optimizer_step(self, last_of_epoch: bool) -> None:
-        scaling = self.scaler.is_enabled()
         if self.clip > 0:
-            if scaling:
+            if self.scaling:
                 self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
-        if scaling:
+        if self.scaling:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
@@ -245,6 +245,8 @@ class Trainer:
     def _inside_epoch(self, batch: int, metrics: Any) -> bool:
         """After a step inside an epoch (batch `batch`; the epoch's `metrics` so far): validate or
         save when due, stop for a signal. True: the run ends here, and its last.pt is here."""
+        if not (self.clock.counts_steps or self.distributed or self.stop.signum):
+            return False  # the common case, answered at once: this runs after every step
         due, signalled = self.clock.due(self.step), self._signalled()
         if not (due.validate or due.save or signalled):
             return False
