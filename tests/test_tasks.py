@@ -141,26 +141,31 @@ def random_batches(task: Task, count: int, size: int = 8) -> list[tuple[torch.Te
             "regression": torch.randn(size, task.num_outputs, generator=g),
             "multilabel": torch.randint(2, (size, task.num_outputs), generator=g).float(),
         }[task.name]
-        batches.append((outputs, targets, torch.rand((), generator=g).item()))
+        # Losses of many magnitudes: sums of them round differently when grouped differently.
+        loss = torch.rand((), generator=g).item() * 10 ** torch.randint(-4, 4, (), generator=g).item()
+        batches.append((outputs, targets, loss))
     return batches
 
 
 @pytest.mark.parametrize("name", list(TASKS))
-def test_a_mid_epoch_state_dict_resumes_the_sums_exactly(name: str) -> None:
+@pytest.mark.parametrize("split", [23, 67, 93])
+def test_a_mid_epoch_state_dict_resumes_the_sums_exactly(name: str, split: int) -> None:
     task = task_class(name)(7)
-    batches = random_batches(task, 40)  # more than ClassificationMetrics counts at once
+    # More batches than ClassificationMetrics sums or counts at once, the last one smaller;
+    # the state is taken inside the first, second and third group of losses.
+    batches = random_batches(task, 150) + random_batches(task, 1, size=3)
     straight = run_batches(task.metrics(CPU, training=True), batches)
 
     interrupted = task.metrics(CPU, training=True)
-    run_batches(interrupted, batches[:23])
+    run_batches(interrupted, batches[:split])  # and computed there, as a validation inside an epoch does
     state = interrupted.state_dict()
-    assert run_batches(interrupted, batches[23:]) == straight, "taking the state changes nothing"
+    assert run_batches(interrupted, batches[split:]) == straight, "taking the state changes nothing"
     buffer = io.BytesIO()
     torch.save(state, buffer)  # written after the sums went on: the state must not have moved with them
     buffer.seek(0)
     resumed = task.metrics(CPU, training=True)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
-    assert run_batches(resumed, batches[23:]) == straight
+    assert run_batches(resumed, batches[split:]) == straight
 
 
 def test_targets_reach_the_loss_in_the_form_it_takes() -> None:

@@ -41,6 +41,7 @@ class PendingLosses:
     def read(self) -> list[float]:
         """The losses added since the last read, oldest first; empties the list."""
         world_size = distributed.rank_and_world_size()[1]
-        values = (distributed.sum_across_ranks(torch.stack(self.losses)) / world_size).tolist()
+        losses = torch.stack(self.losses)
+        values = (distributed.sum_across_ranks(losses) / world_size if world_size > 1 else losses).tolist()
         self.losses.clear()
         return values

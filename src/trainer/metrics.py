@@ -20,6 +20,8 @@ from src.utils.distributed import sum_across_ranks
 # most this many, holding at most PENDING_VALUES output values between them.
 PENDING_BATCHES = 64
 PENDING_VALUES = 1 << 22  # 16 MB of float32 outputs
+# Batches whose losses are summed at once: the 1st to 64th of an epoch, the 65th to 128th...
+LOSS_GROUP = 64
 
 
 def host_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -48,6 +50,12 @@ class ClassificationMetrics:
         # grouping batches never changes a result.
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._pending_values = 0
+        # The losses of the current group of LOSS_GROUP batches and their sample counts.
+        # Float sums depend on their grouping, so the groups lie at fixed places in the
+        # epoch, and a checkpoint keeps an unfinished group as it is: a resumed epoch adds
+        # up exactly as an uninterrupted one.
+        self._losses: list[torch.Tensor] = []
+        self._sizes: list[int] = []
         self._summed: torch.Tensor | None = None  # the sums over every rank, once `compute` asked
 
     def update(self, outputs: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
@@ -55,14 +63,31 @@ class ClassificationMetrics:
         `outputs` and `loss` must be detached (or from inference mode)."""
         n = targets.shape[0]
         self.count += n
-        # The loss is summed batch by batch: float sums depend on their order, and a
-        # resumed epoch must add up exactly as an uninterrupted one.
-        self.loss_sum.add_(loss, alpha=n)
+        self._losses.append(loss)
+        self._sizes.append(n)
+        if len(self._losses) == LOSS_GROUP:
+            self._sum_losses()
         self._pending.append((outputs, targets))
         self._pending_values += outputs.numel()
         self._summed = None
         if len(self._pending) == PENDING_BATCHES or self._pending_values >= PENDING_VALUES:
             self._count_pending()
+
+    def _sum_losses(self) -> None:
+        """Add the full group's sum to `loss_sum` and start the next group."""
+        self.loss_sum.add_(self._group_sum())
+        self._losses.clear()
+        self._sizes.clear()
+
+    def _group_sum(self) -> torch.Tensor:
+        """The current group's sum of loss times samples (0 for an empty group)."""
+        if not self._losses:
+            return torch.zeros_like(self.loss_sum)
+        losses = torch.stack(self._losses).to(self.loss_sum.dtype)
+        size = self._sizes[0]
+        if all(n == size for n in self._sizes):  # equal batches: no per-batch weights to copy to the device
+            return losses.sum() * size
+        return (losses * torch.tensor(self._sizes, dtype=losses.dtype, device=losses.device)).sum()
 
     def _count_pending(self) -> None:
         if not self._pending:
@@ -87,7 +112,10 @@ class ClassificationMetrics:
         float64 summed over every rank under torchrun (every rank calls this alike)."""
         if self._summed is None:
             self._count_pending()
-            counts = [self.loss_sum.double(), self.correct.double()]
+            # The unfinished group is added to a copy: summing it into `loss_sum` here would
+            # move the group boundaries of the rest of the epoch.
+            loss_sum = self.loss_sum + self._group_sum() if self._losses else self.loss_sum
+            counts = [loss_sum.double(), self.correct.double()]
             if self.correct_top5 is not None:
                 counts.append(self.correct_top5.double())
             counts.append(torch.tensor(float(self.count), dtype=torch.float64, device=self.loss_sum.device))
@@ -116,6 +144,9 @@ class ClassificationMetrics:
         return {
             "count": self.count,
             "loss_sum": host_copy(self.loss_sum),
+            # The unfinished group of losses, as it is (see __init__).
+            "group_losses": host_copy(torch.stack(self._losses)) if self._losses else None,
+            "group_sizes": list(self._sizes),
             "correct": host_copy(self.correct),
             "correct_top5": None if self.correct_top5 is None else host_copy(self.correct_top5),
             "confusion": None if self.confusion is None else host_copy(self.confusion),
@@ -125,6 +156,9 @@ class ClassificationMetrics:
         device = self.loss_sum.device
         self.count = state["count"]
         self.loss_sum = state["loss_sum"].to(device, copy=True)  # summed in place
+        group = state.get("group_losses")  # absent from checkpoints of older versions
+        self._losses = [] if group is None else list(group.to(device).unbind())
+        self._sizes = list(state.get("group_sizes", []))
         self.correct = state["correct"].to(device)
         if self.correct_top5 is not None:
             self.correct_top5 = state["correct_top5"].to(device)
