@@ -20,7 +20,9 @@ Sections (each printed as rows of one table and written to the JSON file):
 - variants: Trainer steps/s of the cnn with precision bf16-mixed and with
   trainer.compile=true, each over the default (precision 32, no compile).
 - startup: `train.py --help`, and process start to the first optimizer step of
-  `train.py model=cnn` and of benchmarks/minimal_mnist.py (median of `--runs`).
+  `train.py model=cnn`, of benchmarks/minimal_mnist.py, and of torch alone (import
+  torch, one Adam step of a 4x2 linear layer: every torch program's floor), median of
+  `--runs`.
 - process: whole-process wall and CPU seconds of a 1-epoch `train.py` run vs
   benchmarks/minimal_mnist.py doing the same work (load MNIST, train, validate,
   test, save), with both test accuracies, for each of `--process-models`.
@@ -67,6 +69,12 @@ MNIST_MEAN, MNIST_STD = [0.1307], [0.3081]
 SECTIONS = ("overhead", "data", "variants", "startup", "process")
 QUICK_SECTIONS = ("overhead", "data", "startup")
 FIRST_STEP = "first optimizer step done"
+# The least any torch program does before its first step: import torch, build an Adam
+# (torch.optim imports torch._dynamo on the first step) and take one step of 10 weights.
+TORCH_FLOOR = (
+    "import torch; m = torch.nn.Linear(4, 2); o = torch.optim.Adam(m.parameters()); "
+    f"m(torch.zeros(1, 4)).sum().backward(); o.step(); print({FIRST_STEP!r}, flush=True)"
+)
 MODELS: dict[str, Callable[[], nn.Module]] = {"mlp": lambda: MLP([1, 28, 28], 10), "cnn": lambda: CNN([1, 28, 28], 10)}
 
 
@@ -306,11 +314,16 @@ def minimal_command(model: str, data_root: Path) -> list[str]:
 
 def startup(data_root: Path, runs: int) -> dict[str, Any]:
     """`--help`, and seconds from process start to the first optimizer step, median of
-    `runs` alternating runs of train.py and the minimal script (each killed there)."""
-    results: dict[str, dict[str, list[float]]] = {"train.py": {"wall": [], "cpu": []}, "minimal": {"wall": [], "cpu": []}}
+    `runs` alternating runs of train.py, the minimal script and torch's floor (each
+    killed there)."""
+    commands = {
+        "train.py, cnn": train_command("cnn", data_root, "trainer.epochs=1"),
+        "minimal script, cnn": minimal_command("cnn", data_root),
+        "torch alone": [sys.executable, "-c", TORCH_FLOOR],
+    }
+    results: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in commands}
     help_seconds = []
     with tempfile.TemporaryDirectory() as tmp:
-        commands = {"train.py": train_command("cnn", data_root, "trainer.epochs=1"), "minimal": minimal_command("cnn", data_root)}
         for i in range(runs):
             for name in list(commands) if i % 2 == 0 else list(commands)[::-1]:
                 run = run_process(commands[name], Path(tmp), stop_at=FIRST_STEP)
@@ -413,7 +426,7 @@ def main() -> None:
         add(("startup", "train.py --help", f"{result['help_seconds']['median']:.2f} s"))
         for name, value in result["first_step_seconds"].items():
             cpu = result["first_step_cpu_seconds"][name]["median"]
-            add(("startup", f"start to first optimizer step, cnn: {name}", f"{shown(value, 2)} s (cpu {cpu:.2f} s)"))
+            add(("startup", f"start to first optimizer step: {name}", f"{shown(value, 2)} s (cpu {cpu:.2f} s)"))
     for model in args.process_models if "process" in sections else []:
         result = out[f"process_{model}"] = whole_process(data_root, model, runs)
         for name, value in result["wall_seconds"].items():
