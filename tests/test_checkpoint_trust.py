@@ -238,6 +238,38 @@ def test_resume_names_a_changed_field(tmp_path: Path, checkpoint: Path, case: st
     assert_refused(result, tmp_path, FIELDS[case][1])
 
 
+@pytest.fixture(scope="module")
+def mid_epoch_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """last.pt of a run that ended at its 5th step, inside its first epoch of 3 batches
+    of 64 (so its metric sums hold an unfinished group of losses)."""
+    cwd = tmp_path_factory.mktemp("mid-epoch")
+    small = ["data.dataset.train_size=300", "data.dataset.test_size=100", "model.hidden_sizes=[16]", "data.batch_size=16"]
+    result = run_cli("train.py", "data=synthetic", "trainer.epochs=null", "trainer.max_steps=5", *small, *FAST, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = run_dirs(cwd)
+    return run_dir / "checkpoints" / "last.pt"
+
+
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("loss_sum", "abc", "loss_sum is 'abc'"),
+        ("group_losses", torch.zeros(2, 2), "group_losses is a tensor of shape (2, 2)"),
+        ("group_sizes", [16, -1], "group_sizes is [16, -1]"),
+    ],
+)
+def test_resume_names_a_changed_metric_sum_of_an_unfinished_epoch(
+    tmp_path: Path, mid_epoch_checkpoint: Path, field: str, value: Any, named: str
+) -> None:
+    state = torch.load(mid_epoch_checkpoint, weights_only=True)
+    assert state["batch_in_epoch"] == 5 and len(state["partial_epoch_metrics"]["group_sizes"]) == 5
+    state["partial_epoch_metrics"][field] = value
+    changed = tmp_path / "changed.pt"
+    torch.save(state, changed)
+    result = run_cli("train.py", f"resume={changed}", cwd=tmp_path)
+    assert_refused(result, tmp_path, f"its partial_epoch_metrics cannot be restored ({named}")
+
+
 def test_test_py_names_its_own_device_key(tmp_path: Path, checkpoint: Path) -> None:
     result = run_cli("test.py", f"checkpoint={checkpoint}", "device=banana", cwd=tmp_path)
     assert result.returncode == 2

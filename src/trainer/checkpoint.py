@@ -274,17 +274,17 @@ def _check_fields(state: dict[str, Any], path: Path, resuming: bool, vouched: Ma
         )
     for key, (valid, expected) in FIELDS.items():
         if key in state and not valid(state[key]):
-            raise _damaged(path, f"{key}={_short(state[key])} is not {expected}")
+            raise damaged(path, f"{key}={_short(state[key])} is not {expected}")
     ranks = state.get("rank_states") or []
     if ranks and len(ranks) != state.get("world_size", 1):
-        raise _damaged(path, f"rank_states has {len(ranks)} entries for world_size={state.get('world_size', 1)}")
+        raise damaged(path, f"rank_states has {len(ranks)} entries for world_size={state.get('world_size', 1)}")
     for name, entry in [("rng", state.get("rng"))] + [(f"rank_states[{i}].rng", r.get("rng")) for i, r in enumerate(ranks)]:
         if entry is None:
             continue
         try:
             check_rng_state(entry)
         except Exception as err:  # whatever random, numpy or torch would raise when applying it
-            raise _damaged(path, f"its {name} state cannot be restored ({type(err).__name__}: {one_line(err, limit=160)})") from None
+            raise damaged(path, f"its {name} state cannot be restored ({type(err).__name__}: {one_line(err, limit=160)})") from None
     _check_config(state["config"], path, vouched if resuming else None)
 
 
@@ -292,24 +292,24 @@ def _check_config(text: Any, path: Path, vouched: Mapping[str, str] | None) -> N
     """The stored config: YAML text of a mapping with every section of a run's config,
     naming only what a checkpoint may build (stored_config.py)."""
     if not isinstance(text, str):
-        raise _damaged(path, f"its config is {_short(text)}, not the YAML text of a config")
+        raise damaged(path, f"its config is {_short(text)}, not the YAML text of a config")
     try:
         cfg = OmegaConf.create(text)
     except Exception as err:  # YAML syntax, duplicate keys, tags: yaml and OmegaConf raise many types
-        raise _damaged(path, f"its config is not valid YAML ({one_line(err, limit=160)})") from None
+        raise damaged(path, f"its config is not valid YAML ({one_line(err, limit=160)})") from None
     if not isinstance(cfg, DictConfig):
-        raise _damaged(path, "its config is a list, not a mapping of config sections")
+        raise damaged(path, "its config is a list, not a mapping of config sections")
     check_stored_config(cfg, path, vouched)  # first: it refuses interpolations, which the lookups below would resolve
     for name in CONFIG_SECTIONS:
         if name not in cfg:
-            raise _damaged(path, f"its config has no {name} section (a run's config has {', '.join(CONFIG_SECTIONS)})")
+            raise damaged(path, f"its config has no {name} section (a run's config has {', '.join(CONFIG_SECTIONS)})")
     for section in BUILT_SECTIONS:
         node = OmegaConf.select(cfg, section)
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise _damaged(path, f"its config's {section} has no _target_")
+            raise damaged(path, f"its config's {section} has no _target_")
 
 
-def _damaged(path: Path, what: str) -> UserError:
+def damaged(path: Path, what: str) -> UserError:
     return UserError(
         f"{str(path)!r} is damaged: {what}. It was changed after train.py wrote it, or written by "
         f"another tool; use another checkpoint."

@@ -24,6 +24,23 @@ PENDING_VALUES = 1 << 22  # 16 MB of float32 outputs
 LOSS_GROUP = 64
 
 
+def loaded(state: dict[str, Any], key: str, like: torch.Tensor) -> torch.Tensor:
+    """`state[key]` as a copy on `like`'s device, once it has `like`'s shape and dtype; a
+    ValueError naming the key otherwise (a changed checkpoint)."""
+    value = state.get(key)
+    if not torch.is_tensor(value) or value.shape != like.shape or value.dtype != like.dtype:
+        shown = f"a tensor of shape {tuple(value.shape)} and dtype {value.dtype}" if torch.is_tensor(value) else repr(value)[:60]
+        raise ValueError(f"{key} is {shown}, not a tensor of shape {tuple(like.shape)} and dtype {like.dtype}")
+    return value.to(like.device, copy=True)
+
+
+def loaded_count(state: dict[str, Any]) -> int:
+    count = state.get("count")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValueError(f"count is {count!r}, not an integer >= 0")
+    return count
+
+
 def host_copy(tensor: torch.Tensor) -> torch.Tensor:
     """A CPU copy for a state_dict: `.cpu()` of a CPU tensor is the tensor itself,
     which the next in-place sum would change."""
@@ -153,17 +170,23 @@ class ClassificationMetrics:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.loss_sum.device
-        self.count = state["count"]
-        self.loss_sum = state["loss_sum"].to(device, copy=True)  # summed in place
-        group = state.get("group_losses")  # absent from checkpoints of older versions
-        self._losses = [] if group is None else list(group.to(device).unbind())
-        self._sizes = list(state.get("group_sizes", []))
-        self.correct = state["correct"].to(device)
+        """The sums `state_dict` wrote; a ValueError naming a field that is not as written."""
+        self.count = loaded_count(state)
+        self.loss_sum = loaded(state, "loss_sum", self.loss_sum)  # a copy: summed in place
+        # The unfinished group of losses; absent from checkpoints of older versions.
+        group, sizes = state.get("group_losses"), state.get("group_sizes", [])
+        if not (isinstance(sizes, list) and len(sizes) < LOSS_GROUP and all(isinstance(n, int) and n > 0 for n in sizes)):
+            raise ValueError(f"group_sizes is {sizes!r:.60}, not a list of fewer than {LOSS_GROUP} positive integers")
+        if sizes:
+            group = loaded(state, "group_losses", torch.zeros(len(sizes), device=self.loss_sum.device))
+        elif group is not None:
+            raise ValueError("group_losses is set, and group_sizes is empty")
+        self._losses, self._sizes = ([] if not sizes else list(group.unbind())), list(sizes)
+        self.correct = loaded(state, "correct", self.correct)
         if self.correct_top5 is not None:
-            self.correct_top5 = state["correct_top5"].to(device)
+            self.correct_top5 = loaded(state, "correct_top5", self.correct_top5)
         if self.confusion is not None:
-            self.confusion = state["confusion"].to(device)
+            self.confusion = loaded(state, "confusion", self.confusion)
         self._summed = None
 
     def extras(self, class_names: list[str] | None = None) -> dict[str, Extra]:
@@ -203,10 +226,10 @@ class SummedMetrics:
         return {"count": self.count, "loss_sum": host_copy(self.loss_sum), **{k: host_copy(v) for k, v in self.sums.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        device = self.loss_sum.device
-        self.count = state["count"]
-        self.loss_sum = state["loss_sum"].to(device, copy=True)
-        self.sums = {k: state[k].to(device, copy=True) for k in self.sums}
+        """The sums `state_dict` wrote; a ValueError naming a field that is not as written."""
+        self.count = loaded_count(state)
+        self.loss_sum = loaded(state, "loss_sum", self.loss_sum)
+        self.sums = {k: loaded(state, k, v) for k, v in self.sums.items()}
 
     def extras(self, class_names: list[str] | None = None) -> dict[str, Extra]:
         return {}

@@ -161,7 +161,7 @@ def _is_best_of(saved: dict[str, Any], state: dict[str, Any]) -> bool:
 def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig) -> None:
     """Continue `trainer` from a checkpoint written by `Trainer.state_dict`. The RNGs are
     set last, so that nothing built after this call draws from them before the loop does."""
-    from src.trainer.checkpoint import load_model_state
+    from src.trainer.checkpoint import damaged, load_model_state
     from src.utils.seed import set_rng_state
 
     load_model_state(trainer.model, state["model"], path)
@@ -184,6 +184,13 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig
     trainer.epoch, trainer.step = state["epoch"], state["step"]
     own = _own_rank_state(state, path, trainer.world_size)
     trainer.batch_in_epoch, trainer.partial_metrics = state["batch_in_epoch"], own["partial_epoch_metrics"]
+    if trainer.partial_metrics is not None:
+        # Loaded for real only when the epoch continues: tried now, a changed sum stops the
+        # resume with its name instead of a traceback from inside the loop.
+        try:
+            trainer.task.metrics(trainer.device, training=True).load_state_dict(trainer.partial_metrics)
+        except (ValueError, KeyError, TypeError, RuntimeError) as err:
+            raise damaged(path, f"its partial_epoch_metrics cannot be restored ({one_line(err, limit=200)})") from None
     trainer.best_metric, trainer.best_epoch, trainer.best_step = state["best_metric"], state["best_epoch"], state.get("best_step")
     if state.get("grad_scaler") and trainer.scaler.is_enabled():
         trainer.scaler.load_state_dict(state["grad_scaler"])
