@@ -17,6 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Small and fast everywhere: CPU, no progress bar, a few epochs.
 FAST = ["trainer.device=cpu", "trainer.progress=none"]
+# One thread in pytest's own processes too, which train the in-process tests' models
+# beside another worker (see cli_env).
+torch.set_num_threads(1)
 
 
 def cli_env(extra: dict | None = None) -> dict:
