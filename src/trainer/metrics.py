@@ -161,8 +161,9 @@ class ClassificationMetrics:
         return {
             "count": self.count,
             "loss_sum": host_copy(self.loss_sum),
-            # The unfinished group of losses, as it is (see __init__).
-            "group_losses": host_copy(torch.stack(self._losses)) if self._losses else None,
+            # The unfinished group of losses, as it is (see __init__), in loss_sum's dtype,
+            # to which `_group_sum` converts them anyway.
+            "group_losses": host_copy(torch.stack(self._losses).to(self.loss_sum.dtype)) if self._losses else None,
             "group_sizes": list(self._sizes),
             "correct": host_copy(self.correct),
             "correct_top5": None if self.correct_top5 is None else host_copy(self.correct_top5),
