@@ -168,6 +168,23 @@ def test_a_mid_epoch_state_dict_resumes_the_sums_exactly(name: str, split: int) 
     assert run_batches(resumed, batches[split:]) == straight
 
 
+def test_bfloat16_losses_of_an_unfinished_group_resume_exactly() -> None:
+    # A loss module under bf16 autocast may return bfloat16: the stored group must load back.
+    task = Classification(7)
+    batches = [(o, t, torch.tensor(loss, dtype=torch.bfloat16)) for o, t, loss in random_batches(task, 100)]
+    straight = task.metrics(CPU, training=True)
+    for batch in batches:
+        straight.update(*batch)
+    interrupted = task.metrics(CPU, training=True)
+    for batch in batches[:70]:
+        interrupted.update(*batch)
+    resumed = task.metrics(CPU, training=True)
+    resumed.load_state_dict(interrupted.state_dict())
+    for batch in batches[70:]:
+        resumed.update(*batch)
+    assert resumed.compute() == straight.compute()
+
+
 def test_targets_reach_the_loss_in_the_form_it_takes() -> None:
     outputs = torch.randn(4, 3)
     classes = torch.tensor([0, 2, 1, 2])
