@@ -38,9 +38,6 @@ class Due:
     last: bool  # the run's last step: validate, save and stop here
 
 
-NOTHING_DUE = Due(validate=False, save=False, last=False)
-
-
 class Clock:
     """`cfg` is the `trainer` config group; `interval` says when `scheduler` steps:
     "step" after every optimizer step, "epoch" at every epoch's end. ReduceLROnPlateau
@@ -49,6 +46,7 @@ class Clock:
     def __init__(self, cfg: DictConfig, scheduler: Any = None, interval: str = "epoch") -> None:
         self.epochs, self.max_steps = cfg.epochs, cfg.max_steps
         self.val_every, self.save_every = cfg.val_every_n_steps or 0, cfg.save_every_n_steps or 0
+        # Whether anything can be due inside an epoch at all (Trainer._inside_epoch asks first).
         self.counts_steps = self.max_steps is not None or self.val_every > 0 or self.save_every > 0
         self.scheduler = scheduler
         self.plateau = isinstance(scheduler, ReduceLROnPlateau)
@@ -68,8 +66,6 @@ class Clock:
     def due(self, step: int) -> Due:
         """What is due after optimizer step `step` when the epoch goes on after it (at an
         epoch's end, the epoch's own validation and checkpoint come anyway)."""
-        if not self.counts_steps:  # asked after every step: answered without building a Due
-            return NOTHING_DUE
         last = self.max_steps is not None and step >= self.max_steps
         validate = last or (self.val_every > 0 and step % self.val_every == 0)
         return Due(validate=validate, save=self.save_every > 0 and step % self.save_every == 0, last=last)

@@ -97,9 +97,7 @@ class ClassificationMetrics:
         self._sizes.clear()
 
     def _group_sum(self) -> torch.Tensor:
-        """The current group's sum of loss times samples (0 for an empty group)."""
-        if not self._losses:
-            return torch.zeros_like(self.loss_sum)
+        """The current (non-empty) group's sum of loss times samples."""
         losses = torch.stack(self._losses).to(self.loss_sum.dtype)
         size = self._sizes[0]
         if all(n == size for n in self._sizes):  # equal batches: no per-batch weights to copy to the device

@@ -147,4 +147,4 @@ def _rng_of(device: torch.device) -> tuple[Callable[[], torch.Tensor], Callable[
         return (lambda: torch.cuda.get_rng_state(device)), (lambda state: torch.cuda.set_rng_state(state, device))
     if device.type == "mps":
         return torch.mps.get_rng_state, torch.mps.set_rng_state
-    return torch.default_generator.get_state, torch.default_generator.set_state  # what torch.get_rng_state calls
+    return torch.get_rng_state, torch.set_rng_state
