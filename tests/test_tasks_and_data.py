@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -310,7 +311,10 @@ def test_an_image_folder_counts_its_classes_and_refuses_another_count(tmp_path: 
     only_dark = tmp_path / "only_dark"
     only_dark.mkdir()
     (photos / "dark").rename(only_dark / "dark")
-    assert {target for _, target in ImageFolderSplit(str(only_dark), classes=["bright", "dark"], test_split=0.0)} == {1}
+    one_class = ImageFolderSplit(str(only_dark), classes=["bright", "dark"], test_split=0.0)
+    assert {target for _, target in one_class} == {1}
+    # DataLoader workers that are spawned (macOS, Windows) get the dataset pickled.
+    assert {target for _, target in pickle.loads(pickle.dumps(one_class))} == {1}
     with pytest.raises(UserError, match="has class folder\\(s\\) dark that are not among the 1 classes \\(bright\\)"):
         ImageFolderSplit(str(only_dark), classes=["bright"])
 

@@ -70,13 +70,15 @@ class ImageFolderSplit(Dataset):
         if empty:
             raise UserError(f"Class folder(s) {', '.join(empty)} in {folder} hold no images ({', '.join(IMG_EXTENSIONS)}).")
 
-        class Folder(ImageFolder):
-            """Class indices by `classes`, whichever of them this folder holds."""
-
-            def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-                return classes, {name: index for index, name in enumerate(classes)}
-
-        self.images = Folder(str(folder), allow_empty=True)
+        # ImageFolder numbers this folder's own class folders; the model numbers `classes`,
+        # some of which a test/ folder may lack. Remapped here rather than in a subclass
+        # defined in this function: a DataLoader's workers must pickle the dataset, and a
+        # local class cannot be pickled where workers are spawned (macOS, Windows).
+        self.images = ImageFolder(str(folder), allow_empty=True)
+        index_of = [classes.index(name) for name in self.images.classes]
+        self.images.samples = self.images.imgs = [(path, index_of[i]) for path, i in self.images.samples]
+        self.images.targets = [i for _, i in self.images.samples]
+        self.images.classes, self.images.class_to_idx = list(classes), {name: i for i, name in enumerate(classes)}
         self.classes = classes
 
         readable, bad = [], []
