@@ -34,7 +34,7 @@ CPU = torch.device("cpu")
 def run_batches(metrics, batches) -> dict[str, float]:
     """Add (outputs, targets, batch loss) batches; the metrics so far."""
     for outputs, targets, loss in batches:
-        metrics.update(outputs, targets, torch.tensor(loss))
+        metrics.update(outputs, targets, torch.as_tensor(loss))
     return metrics.compute()
 
 
@@ -172,17 +172,12 @@ def test_bfloat16_losses_of_an_unfinished_group_resume_exactly() -> None:
     # A loss module under bf16 autocast may return bfloat16: the stored group must load back.
     task = Classification(7)
     batches = [(o, t, torch.tensor(loss, dtype=torch.bfloat16)) for o, t, loss in random_batches(task, 100)]
-    straight = task.metrics(CPU, training=True)
-    for batch in batches:
-        straight.update(*batch)
+    straight = run_batches(task.metrics(CPU, training=True), batches)
     interrupted = task.metrics(CPU, training=True)
-    for batch in batches[:70]:
-        interrupted.update(*batch)
+    run_batches(interrupted, batches[:70])
     resumed = task.metrics(CPU, training=True)
     resumed.load_state_dict(interrupted.state_dict())
-    for batch in batches[70:]:
-        resumed.update(*batch)
-    assert resumed.compute() == straight.compute()
+    assert run_batches(resumed, batches[70:]) == straight
 
 
 def test_targets_reach_the_loss_in_the_form_it_takes() -> None:

@@ -192,9 +192,7 @@ def _few(names: list[str], limit: int = 10) -> str:
 
 def _numeric(rows: list[list[str]], indices: list[int], names: list[str], path: str) -> torch.Tensor:
     values = []
-    for line, row in enumerate(rows[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue  # blank line
+    for line, row in _data_rows(rows):
         cells = [row[i] if i < len(row) else "" for i in indices]
         numbers = [_finite_number(cell) for cell in cells]
         if None in numbers:
