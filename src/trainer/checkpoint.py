@@ -136,7 +136,8 @@ class TrainingState:
     # every rank resumes exactly where it stopped.
     rank_states: list[dict[str, Any]] | None
     history: list[dict[str, float]]
-    callbacks: dict[str, Any]
+    # (The callbacks' states follow under "callbacks", added by Callbacks.checkpoint after
+    # their on_checkpoint hook.)
     # What each logger needs to continue its records (e.g. an MLflow or W&B run id).
     loggers: dict[str, Any]
     run: RunInfo
@@ -150,7 +151,7 @@ class TrainingState:
             model=trainer.model.state_dict(),
             optimizer=trainer.optimizer.state_dict(),
             scheduler=trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-            grad_scaler=trainer.scaler.state_dict() if trainer.scaler.is_enabled() else None,
+            grad_scaler=trainer.scaler.state_dict() if trainer.scaling else None,
             epoch=trainer.epoch,
             step=trainer.step,
             batch_in_epoch=trainer.batch_in_epoch,
@@ -165,7 +166,6 @@ class TrainingState:
             world_size=trainer.world_size,
             rank_states=ranks,
             history=trainer.history,
-            callbacks=trainer.callbacks.state_dict(),
             loggers=trainer.loggers.state_dict(),
             run=trainer.run_info,
         )

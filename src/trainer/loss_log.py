@@ -23,9 +23,6 @@ class PendingLosses:
     def add(self, loss: torch.Tensor) -> None:
         self.losses.append(loss)
 
-    def __bool__(self) -> bool:
-        return bool(self.losses)
-
     def mean(self, newest_batch: int, non_finite: Callable[[float, int], Exception]) -> float:
         """Read the pending losses back at once (the newest is batch `newest_batch`'s):
         raise `non_finite(value, batch)` for the first nan or inf, else their mean (nan

@@ -192,7 +192,7 @@ def restore(trainer: Trainer, state: dict[str, Any], path: Path, cfg: DictConfig
         except (ValueError, KeyError, TypeError, RuntimeError) as err:
             raise damaged(path, f"its partial_epoch_metrics cannot be restored ({one_line(err, limit=200)})") from None
     trainer.best_metric, trainer.best_epoch, trainer.best_step = state["best_metric"], state["best_epoch"], state.get("best_step")
-    if state.get("grad_scaler") and trainer.scaler.is_enabled():
+    if state.get("grad_scaler") and trainer.scaling:
         trainer.scaler.load_state_dict(state["grad_scaler"])
     trainer.early_stopping.load_state_dict(state["early_stopping"])
     trainer.stopped_early = trainer.early_stopping.should_stop  # a run that stopped early stays stopped
